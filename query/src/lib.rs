@@ -1,0 +1,262 @@
+//! The query role: serves the SPEC §3 indicators and targets, consultation figures, the
+//! pipeline's freshness and the dashboard page, from the projection store only (the log is
+//! asked for its end positions, never for events). Read tokens are scoped to all of
+//! government or to one organization.
+
+pub mod metrics;
+pub mod targets;
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::Instant;
+
+use agora_eventlog::{lag, EventLog};
+use agora_schemas::api::{bearer_token, constant_time_eq, error_body};
+use agora_schemas::FiscalYear;
+use agora_store::{ConsultationView, Figures, Store, StoreError};
+use axum::extract::{MatchedPath, Path, Query, Request, State};
+use axum::http::{header, HeaderMap, StatusCode};
+use axum::middleware::{self, Next};
+use axum::response::{Html, IntoResponse, Response};
+use axum::routing::get;
+use axum::{Json, Router};
+use serde::{Deserialize, Serialize};
+use serde_json::{json, Value};
+use tracing::{error, warn};
+
+pub use metrics::QueryMetrics;
+pub use targets::{TargetDefinition, TargetKind, TargetResult};
+
+/// Who a read token lets read.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ReadScope {
+    /// Everything.
+    All,
+    /// Whole-government figures and this organization's own.
+    Organization(String),
+}
+
+/// A read token and its scope.
+#[derive(Debug, Clone)]
+pub struct ReadToken {
+    pub scope: ReadScope,
+    pub token: String,
+}
+
+/// What the query role needs.
+pub struct QueryState {
+    pub store: Store,
+    pub log: EventLog,
+    pub tokens: Vec<ReadToken>,
+    /// Serve every `/v1/` route without a token.
+    pub public_read: bool,
+    pub targets: Vec<TargetDefinition>,
+    pub metrics: QueryMetrics,
+    cache: Mutex<IndicatorCache>,
+}
+
+impl QueryState {
+    pub fn new(
+        store: Store,
+        log: EventLog,
+        tokens: Vec<ReadToken>,
+        public_read: bool,
+        targets: Vec<TargetDefinition>,
+        metrics: QueryMetrics,
+    ) -> Self {
+        QueryState { store, log, tokens, public_read, targets, metrics, cache: Mutex::new(IndicatorCache::default()) }
+    }
+}
+
+/// Indicator documents by (fiscal year, organization), valid while the store's positions
+/// are the ones they were computed at: figures only change when the projector applies.
+#[derive(Default)]
+struct IndicatorCache {
+    entries: HashMap<(FiscalYear, Option<String>), (i64, Value)>,
+}
+
+const CACHE_ENTRIES: usize = 4_096;
+
+/// Returns the query role's routes.
+pub fn router(state: Arc<QueryState>) -> Router {
+    Router::new()
+        .route("/", get(dashboard))
+        .route("/v1/indicators", get(indicators))
+        .route("/v1/consultations/{consultation_id}", get(consultation))
+        .route("/v1/pipeline", get(pipeline))
+        .layer(middleware::from_fn_with_state(state.clone(), record_latency))
+        .with_state(state)
+}
+
+/// Failures at the query boundary, each with its HTTP status.
+#[derive(Debug, thiserror::Error)]
+pub enum QueryError {
+    #[error("a valid read token is required: Authorization: Bearer <token>")]
+    Unauthorized,
+    #[error("this token may not read organization {0}")]
+    Forbidden(String),
+    #[error("{0}")]
+    BadRequest(String),
+    #[error("{0}")]
+    NotFound(String),
+    #[error("the projection store is unavailable; retry later")]
+    Unavailable(#[source] anyhow::Error),
+    #[error("internal error")]
+    Unexpected(#[from] anyhow::Error),
+}
+
+impl From<StoreError> for QueryError {
+    fn from(e: StoreError) -> Self {
+        match e {
+            StoreError::Unavailable(source) => QueryError::Unavailable(source),
+            StoreError::Unexpected(source) => QueryError::Unexpected(source),
+        }
+    }
+}
+
+impl IntoResponse for QueryError {
+    fn into_response(self) -> Response {
+        let (status, code) = match &self {
+            QueryError::Unauthorized => (StatusCode::UNAUTHORIZED, "unauthorized"),
+            QueryError::Forbidden(_) => (StatusCode::FORBIDDEN, "forbidden"),
+            QueryError::BadRequest(_) => (StatusCode::BAD_REQUEST, "bad_request"),
+            QueryError::NotFound(_) => (StatusCode::NOT_FOUND, "not_found"),
+            QueryError::Unavailable(source) => {
+                warn!(error = format!("{source:#}"), "query backend unavailable");
+                (StatusCode::SERVICE_UNAVAILABLE, "backend_unavailable")
+            }
+            QueryError::Unexpected(source) => {
+                error!(error = format!("{source:#}"), "query failed");
+                (StatusCode::INTERNAL_SERVER_ERROR, "internal")
+            }
+        };
+        (status, Json(error_body(code, &self.to_string()))).into_response()
+    }
+}
+
+async fn record_latency(State(state): State<Arc<QueryState>>, request: Request, next: Next) -> Response {
+    let route = request.extensions().get::<MatchedPath>().map(|p| p.as_str().to_owned()).unwrap_or_else(|| "unmatched".into());
+    let started = Instant::now();
+    let response = next.run(request).await;
+    state
+        .metrics
+        .request_seconds
+        .with_label_values(&[route.as_str(), response.status().as_str()])
+        .observe(started.elapsed().as_secs_f64());
+    response
+}
+
+/// Returns the scope of the request's token; public read gives everything to a request
+/// without one, but a token that is presented must be valid.
+fn authorize(state: &QueryState, headers: &HeaderMap) -> Result<ReadScope, QueryError> {
+    let presented = bearer_token(headers.get(header::AUTHORIZATION).and_then(|v| v.to_str().ok()));
+    match presented {
+        None if state.public_read => Ok(ReadScope::All),
+        None => Err(QueryError::Unauthorized),
+        Some(token) => state
+            .tokens
+            .iter()
+            .find(|t| constant_time_eq(t.token.as_bytes(), token.as_bytes()))
+            .map(|t| t.scope.clone())
+            .ok_or(QueryError::Unauthorized),
+    }
+}
+
+fn check_organization(scope: &ReadScope, organization_id: &str) -> Result<(), QueryError> {
+    match scope {
+        ReadScope::Organization(own) if own != organization_id => Err(QueryError::Forbidden(organization_id.to_owned())),
+        _ => Ok(()),
+    }
+}
+
+#[derive(Debug, Deserialize)]
+struct IndicatorParams {
+    fiscal_year: Option<String>,
+    organization_id: Option<String>,
+}
+
+/// The `GET /v1/indicators` document.
+#[derive(Debug, Serialize)]
+pub struct IndicatorsDocument {
+    pub fiscal_year: FiscalYear,
+    pub organization_id: Option<String>,
+    #[serde(flatten)]
+    pub figures: Figures,
+    pub targets: Vec<TargetResult>,
+}
+
+async fn indicators(
+    State(state): State<Arc<QueryState>>,
+    headers: HeaderMap,
+    Query(params): Query<IndicatorParams>,
+) -> Result<Json<Value>, QueryError> {
+    let scope = authorize(&state, &headers)?;
+    let label = params.fiscal_year.ok_or_else(|| QueryError::BadRequest("fiscal_year is required, such as 2021-2022".into()))?;
+    let fiscal_year: FiscalYear = label.parse().map_err(|e: agora_schemas::fiscal::FiscalYearError| QueryError::BadRequest(e.to_string()))?;
+    let organization_id = params.organization_id.filter(|o| !o.is_empty());
+    if let Some(org) = &organization_id {
+        check_organization(&scope, org)?;
+    }
+    Ok(Json(indicator_document(&state, fiscal_year, organization_id).await?))
+}
+
+/// Returns the indicator document of a fiscal year, from the cache when the store has not
+/// moved since it was computed.
+pub async fn indicator_document(state: &QueryState, fiscal_year: FiscalYear, organization_id: Option<String>) -> Result<Value, QueryError> {
+    let version: i64 = state.store.positions().await?.values().sum();
+    let key = (fiscal_year, organization_id.clone());
+    if let Some((at, doc)) = state.cache.lock().expect("cache lock").entries.get(&key) {
+        if *at == version {
+            state.metrics.indicator_cache.with_label_values(&["hit"]).inc();
+            return Ok(doc.clone());
+        }
+    }
+    state.metrics.indicator_cache.with_label_values(&["miss"]).inc();
+    let raw = state.store.raw_figures(fiscal_year, organization_id.as_deref()).await?;
+    let previous_on_platform = state.store.on_platform(fiscal_year.previous(), organization_id.as_deref()).await?;
+    let figures = Figures::from_raw(raw);
+    let targets = state.targets.iter().map(|t| targets::evaluate(t, &figures.consultations, previous_on_platform)).collect();
+    let doc = serde_json::to_value(IndicatorsDocument { fiscal_year, organization_id, figures, targets })
+        .map_err(|e| QueryError::Unexpected(e.into()))?;
+    let mut cache = state.cache.lock().expect("cache lock");
+    if cache.entries.len() >= CACHE_ENTRIES {
+        cache.entries.clear();
+    }
+    cache.entries.insert(key, (version, doc.clone()));
+    Ok(doc)
+}
+
+async fn consultation(
+    State(state): State<Arc<QueryState>>,
+    headers: HeaderMap,
+    Path(consultation_id): Path<String>,
+) -> Result<Json<ConsultationView>, QueryError> {
+    let scope = authorize(&state, &headers)?;
+    let view = state
+        .store
+        .consultation(&consultation_id)
+        .await?
+        .ok_or_else(|| QueryError::NotFound(format!("no opened consultation {consultation_id}")))?;
+    check_organization(&scope, &view.organization_id)?;
+    Ok(Json(view))
+}
+
+async fn pipeline(State(state): State<Arc<QueryState>>, headers: HeaderMap) -> Result<Json<Value>, QueryError> {
+    authorize(&state, &headers)?;
+    let positions = state.store.positions().await?;
+    let ends = state.log.end_positions().await.map_err(|e| QueryError::Unavailable(e.into()))?;
+    let dead_letters = state.store.dead_letter_count().await?;
+    let lag_events = lag(&ends, &positions);
+    Ok(Json(json!({
+        "lag_events": lag_events,
+        "caught_up": lag_events == 0,
+        "log": { "backend": state.log.backend(), "end_offsets": ends },
+        "store": { "backend": state.store.backend(), "positions": positions },
+        "dead_letters": dead_letters,
+        "checked_at": chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Millis, true),
+    })))
+}
+
+async fn dashboard() -> Html<&'static str> {
+    Html(include_str!("../assets/dashboard.html"))
+}

@@ -1,0 +1,207 @@
+//! Agora's configuration: one typed struct, loaded once from the command line and `AGORA_*`
+//! environment variables (SPEC §5), then passed explicitly to every role.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use agora_ingest::IngestToken;
+use agora_projector::ProjectorConfig;
+use agora_query::{ReadScope, ReadToken, TargetDefinition, TargetKind};
+
+/// Default listen address.
+pub const DEFAULT_LISTEN: &str = "127.0.0.1:8080";
+/// Default data folder.
+pub const DEFAULT_DATA_DIR: &str = "./agora-data";
+
+/// A setting that is missing or does not parse; names the variable and the rule.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("{name} is required{hint}")]
+    Missing { name: &'static str, hint: &'static str },
+    #[error("{name}: {rule}")]
+    Invalid { name: &'static str, rule: String },
+}
+
+/// Where events are kept.
+#[derive(Debug, Clone, PartialEq)]
+pub enum LogBackend {
+    Embedded,
+    Kafka { brokers: String, topic: String },
+}
+
+/// Where read models are kept.
+#[derive(Debug, Clone, PartialEq)]
+pub enum StoreBackend {
+    Embedded,
+    ClickHouse { url: String, database: String, user: Option<String>, password: Option<String> },
+}
+
+/// Everything a role needs to start.
+#[derive(Debug, Clone)]
+pub struct Config {
+    pub listen: SocketAddr,
+    pub data_dir: PathBuf,
+    pub log_backend: LogBackend,
+    pub store_backend: StoreBackend,
+    /// Secret for participant pseudonyms; `None` only where no role ingests.
+    pub pseudonym_key: Option<String>,
+    pub ingest_tokens: Vec<IngestToken>,
+    pub read_tokens: Vec<ReadToken>,
+    pub public_read: bool,
+    pub projector: ProjectorConfig,
+    pub targets: Vec<TargetDefinition>,
+    /// Seconds given to in-flight work after SIGINT or SIGTERM.
+    pub shutdown_grace: Duration,
+}
+
+impl Config {
+    /// Loads the configuration from `var` (the environment, or a map in tests).
+    pub fn load(
+        listen: Option<SocketAddr>,
+        data_dir: Option<PathBuf>,
+        var: impl Fn(&str) -> Option<String>,
+    ) -> Result<Config, ConfigError> {
+        let var = |name: &str| var(name).map(|v| v.trim().to_owned()).filter(|v| !v.is_empty());
+        let log_backend = match var("AGORA_KAFKA_BROKERS") {
+            Some(brokers) => LogBackend::Kafka { brokers, topic: var("AGORA_KAFKA_TOPIC").unwrap_or_else(|| "agora.events.v1".into()) },
+            None => LogBackend::Embedded,
+        };
+        let store_backend = match var("AGORA_CLICKHOUSE_URL") {
+            Some(url) => StoreBackend::ClickHouse {
+                url,
+                database: var("AGORA_CLICKHOUSE_DATABASE").unwrap_or_else(|| "agora".into()),
+                user: var("AGORA_CLICKHOUSE_USER"),
+                password: var("AGORA_CLICKHOUSE_PASSWORD"),
+            },
+            None => StoreBackend::Embedded,
+        };
+        let defaults = ProjectorConfig::default();
+        let projector = ProjectorConfig {
+            batch_size: parse_or(&var, "AGORA_PROJECTOR_BATCH_SIZE", defaults.batch_size, |n: &usize| *n > 0, "a whole number above 0")?,
+            poll_interval: Duration::from_millis(parse_or(
+                &var,
+                "AGORA_PROJECTOR_POLL_MS",
+                defaults.poll_interval.as_millis() as u64,
+                |n: &u64| *n > 0,
+                "milliseconds above 0",
+            )?),
+            ..defaults
+        };
+        let mut targets = TargetDefinition::defaults();
+        for target in &mut targets {
+            let name = match target.kind {
+                TargetKind::PlatformGrowth => "AGORA_TARGET_PLATFORM_GROWTH",
+                TargetKind::DigitalShare => "AGORA_TARGET_DIGITAL_SHARE",
+            };
+            target.target = parse_or(&var, name, target.target, |v: &f64| v.is_finite(), "a decimal fraction such as 0.5")?;
+        }
+        Ok(Config {
+            listen: listen.unwrap_or_else(|| DEFAULT_LISTEN.parse().expect("default address parses")),
+            data_dir: data_dir.unwrap_or_else(|| PathBuf::from(DEFAULT_DATA_DIR)),
+            log_backend,
+            store_backend,
+            pseudonym_key: var("AGORA_PSEUDONYM_KEY"),
+            ingest_tokens: parse_pairs(var("AGORA_INGEST_TOKENS"), "AGORA_INGEST_TOKENS", "source:token")?
+                .into_iter()
+                .map(|(source, token)| IngestToken { source, token })
+                .collect(),
+            read_tokens: parse_pairs(var("AGORA_READ_TOKENS"), "AGORA_READ_TOKENS", "scope:token")?
+                .into_iter()
+                .map(|(scope, token)| ReadToken {
+                    scope: if scope == "*" { ReadScope::All } else { ReadScope::Organization(scope) },
+                    token,
+                })
+                .collect(),
+            public_read: parse_or(&var, "AGORA_PUBLIC_READ", false, |_| true, "true or false")?,
+            projector,
+            targets,
+            shutdown_grace: Duration::from_secs(parse_or(&var, "AGORA_SHUTDOWN_GRACE_SECONDS", 10, |_| true, "whole seconds")?),
+        })
+    }
+
+    /// Loads the configuration from the process environment.
+    pub fn from_env(listen: Option<SocketAddr>, data_dir: Option<PathBuf>) -> Result<Config, ConfigError> {
+        Config::load(listen, data_dir, |name| std::env::var(name).ok())
+    }
+
+    /// Returns the pseudonym key, which every ingesting role needs.
+    pub fn require_pseudonym_key(&self) -> Result<&str, ConfigError> {
+        self.pseudonym_key.as_deref().ok_or(ConfigError::Missing {
+            name: "AGORA_PSEUDONYM_KEY",
+            hint: " to ingest events: a long random secret, kept the same across restarts so pseudonyms stay stable",
+        })
+    }
+}
+
+fn parse_or<T: std::str::FromStr>(
+    var: &impl Fn(&str) -> Option<String>,
+    name: &'static str,
+    default: T,
+    valid: impl Fn(&T) -> bool,
+    rule: &str,
+) -> Result<T, ConfigError> {
+    match var(name) {
+        None => Ok(default),
+        Some(raw) => raw
+            .parse()
+            .ok()
+            .filter(|v| valid(v))
+            .ok_or_else(|| ConfigError::Invalid { name, rule: format!("must be {rule}, got {raw:?}") }),
+    }
+}
+
+/// Parses `a:x,b:y` lists; the secret after the first colon may itself hold colons.
+fn parse_pairs(raw: Option<String>, name: &'static str, shape: &str) -> Result<Vec<(String, String)>, ConfigError> {
+    let Some(raw) = raw else { return Ok(Vec::new()) };
+    raw.split(',')
+        .map(str::trim)
+        .filter(|item| !item.is_empty())
+        .enumerate()
+        .map(|(i, item)| match item.split_once(':') {
+            Some((left, right)) if !left.trim().is_empty() && !right.trim().is_empty() => {
+                Ok((left.trim().to_owned(), right.trim().to_owned()))
+            }
+            _ => Err(ConfigError::Invalid { name, rule: format!("item {} must be {shape}", i + 1) }),
+        })
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::collections::HashMap;
+
+    fn load(vars: &[(&str, &str)]) -> Result<Config, ConfigError> {
+        let vars: HashMap<String, String> = vars.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect();
+        Config::load(None, None, |name| vars.get(name).cloned())
+    }
+
+    #[test]
+    fn defaults_to_the_embedded_backends() {
+        let config = load(&[]).unwrap();
+        assert_eq!(config.listen.to_string(), DEFAULT_LISTEN);
+        assert_eq!(config.log_backend, LogBackend::Embedded);
+        assert_eq!(config.store_backend, StoreBackend::Embedded);
+        assert!(!config.public_read);
+        assert!(config.require_pseudonym_key().is_err());
+    }
+
+    #[test]
+    fn parses_tokens_and_scopes() {
+        let config = load(&[("AGORA_INGEST_TOKENS", "platform:abc, other:d:e"), ("AGORA_READ_TOKENS", "*:r1,MSSS:r2")]).unwrap();
+        assert_eq!(config.ingest_tokens[1].token, "d:e");
+        assert_eq!(config.read_tokens[0].scope, ReadScope::All);
+        assert_eq!(config.read_tokens[1].scope, ReadScope::Organization("MSSS".into()));
+    }
+
+    #[test]
+    fn names_the_variable_and_the_rule() {
+        let err = load(&[("AGORA_READ_TOKENS", "nocolon")]).unwrap_err().to_string();
+        assert!(err.contains("AGORA_READ_TOKENS") && err.contains("scope:token"), "{err}");
+        let err = load(&[("AGORA_PROJECTOR_BATCH_SIZE", "0")]).unwrap_err().to_string();
+        assert!(err.contains("AGORA_PROJECTOR_BATCH_SIZE"), "{err}");
+        let err = load(&[("AGORA_PUBLIC_READ", "yes")]).unwrap_err().to_string();
+        assert!(err.contains("true or false"), "{err}");
+    }
+}
