@@ -1,0 +1,209 @@
+//! The folding rules of SPEC §2 and the indicators of §3, end to end through HTTP:
+//! duplicates, out-of-order updates with the `occurred_at` tie rule, withdrawals before
+//! their submission, participation before the opening, cancelled consultations, repeated
+//! feedback and triage, and fiscal-year boundaries at local midnight in EDT and EST.
+
+mod common;
+
+use common::*;
+use reqwest::StatusCode;
+use serde_json::{json, Value};
+
+/// The scenario, in the order the platform delivers it.
+fn scenario() -> Vec<Value> {
+    let triage = |n, at, feedback_n, status| {
+        event(n, "suggestion.triaged", at, "SCT", None, None, json!({"feedback_event_id": uuid(feedback_n), "status": status}))
+    };
+    let update = |n, at, consultation, data| event(n, "consultation.updated", at, "MSSS", Some(consultation), None, data);
+    let bare = |n, kind, at, org, consultation| event(n, kind, at, org, Some(consultation), None, json!({}));
+    vec![
+        // Previous fiscal year: one consultation on the platform.
+        opened(100, "2020-06-01T12:00:00Z", "MSSS", "c0", "platform", &["online_survey"]),
+        // c1: opened twice (exact duplicate delivery), then a later second opening that is ignored.
+        opened(1, "2021-05-01T10:00:00Z", "MSSS", "c1", "platform", &["online_survey"]),
+        opened(1, "2021-05-01T10:00:00Z", "MSSS", "c1", "platform", &["online_survey"]),
+        opened(40, "2021-08-01T10:00:00Z", "MEQ", "c1", "third_party", &["phone"]),
+        // c1 updates delivered out of order: the July one occurred last and wins.
+        update(21, "2021-07-01T10:00:00Z", "c1", json!({"hosted_on": "platform"})),
+        update(20, "2021-06-01T10:00:00Z", "c1", json!({"hosted_on": "third_party", "title_fr": "Nouveau titre"})),
+        // c2: two updates at the same instant; the higher event_id (31) is the latest.
+        opened(3, "2021-05-02T10:00:00Z", "MSSS", "c2", "third_party", &["online_vote"]),
+        update(31, "2021-06-01T10:00:00-04:00", "c2", json!({"methods": ["phone"]})),
+        update(30, "2021-06-01T14:00:00Z", "c2", json!({"methods": ["online_vote"]})),
+        // Contributions: k2 withdrawn before it is submitted; k1 submitted twice (client error).
+        event(50, "contribution.withdrawn", "2021-06-03T10:00:00Z", "MSSS", Some("c1"), None, json!({"contribution_id": "k2", "reason": "moderation"})),
+        contribution(51, "2021-06-02T10:00:00Z", "MSSS", "c1", "p1", "k1", "comment"),
+        contribution(52, "2021-06-02T10:00:00Z", "MSSS", "c1", "p2", "k2", "vote"),
+        contribution(53, "2021-06-02T11:00:00Z", "MSSS", "c1", "p1", "k1", "comment"),
+        contribution(54, "2021-06-02T10:00:00Z", "MSSS", "c2", "p1", "k3", "proposal"),
+        visit(60, "2021-06-02T09:00:00Z", "MSSS", "c1", "p1"),
+        visit(61, "2021-06-02T09:00:00Z", "MSSS", "c1", "p2"),
+        visit(62, "2021-06-02T09:00:00Z", "MSSS", "c2", "p5"),
+        visit(63, "2021-06-02T09:30:00Z", "MSSS", "c2", "p5"),
+        // c3: participation arrives before the opening.
+        visit(70, "2021-09-02T09:00:00Z", "MEQ", "c3", "p3"),
+        contribution(71, "2021-09-02T10:00:00Z", "MEQ", "c3", "p3", "k4", "survey_response"),
+        opened(72, "2021-09-01T10:00:00Z", "MEQ", "c3", "platform", &["in_person_meeting", "online_brief"]),
+        // c4: cancelled after it was closed, with participation and feedback.
+        opened(80, "2021-05-01T10:00:00Z", "MSSS", "c4", "platform", &["online_comments"]),
+        contribution(81, "2021-05-02T10:00:00Z", "MSSS", "c4", "p4", "k5", "brief"),
+        visit(82, "2021-05-02T09:00:00Z", "MSSS", "c4", "p4"),
+        bare(83, "consultation.closed", "2021-06-01T10:00:00Z", "MSSS", "c4"),
+        event(84, "consultation.cancelled", "2021-06-02T10:00:00Z", "MSSS", Some("c4"), None, json!({"reason": "doublon"})),
+        // Closings (the earliest counts) and results.
+        bare(90, "consultation.closed", "2021-10-05T00:00:00Z", "MSSS", "c1"),
+        bare(91, "consultation.closed", "2021-10-01T00:00:00Z", "MSSS", "c1"),
+        bare(92, "consultation.results_published", "2021-10-11T12:00:00Z", "MSSS", "c1"),
+        bare(93, "consultation.closed", "2021-11-01T00:00:00Z", "MSSS", "c2"),
+        bare(94, "consultation.closed", "2021-11-01T00:00:00Z", "MEQ", "c3"),
+        bare(95, "consultation.results_published", "2021-11-02T00:00:00Z", "MEQ", "c3"),
+        // Feedback: p1's platform feedback twice (the later counts), a blank suggestion,
+        // feedback on a consultation never opened and on a cancelled one.
+        feedback(111, "2021-07-01T10:00:00Z", "MSSS", None, "p1", 5, Some("Des rappels par courriel")),
+        feedback(110, "2021-06-01T10:00:00Z", "MSSS", None, "p1", 2, Some("ancienne idée")),
+        feedback(112, "2021-07-01T10:00:00Z", "MSSS", Some("c1"), "p1", 4, Some("   ")),
+        feedback(113, "2021-07-01T10:00:00Z", "MEQ", Some("ghost"), "p2", 3, Some("idée")),
+        feedback(114, "2021-07-01T10:00:00Z", "MSSS", Some("c4"), "p4", 1, None),
+        // Triage: delivered latest first; triage of the superseded feedback changes nothing.
+        triage(121, "2021-09-01T10:00:00Z", 111, "implemented"),
+        triage(120, "2021-08-01T10:00:00Z", 111, "under_review"),
+        triage(122, "2021-08-01T10:00:00Z", 110, "declined"),
+    ]
+}
+
+fn check_government(doc: &Value) {
+    assert_eq!(doc["fiscal_year"], json!("2021-2022"));
+    assert_eq!(doc["organization_id"], Value::Null);
+    assert_eq!(
+        doc["consultations"],
+        json!({"opened": 3, "on_platform": 2, "third_party": 1, "with_digital_participation": 2, "closed": 3, "with_results_published": 2})
+    );
+    assert_eq!(
+        doc["participation"],
+        json!({
+            "unique_participants": 2, "contributions": 3,
+            "contributions_by_kind": {"comment": 1, "survey_response": 1, "proposal": 1, "vote": 0, "brief": 0},
+            "visitors": 4, "visitor_conversion": 0.5
+        })
+    );
+    assert_eq!(doc["satisfaction"], json!({"responses": 4, "mean": 3.25, "csat": 0.5}));
+    assert_eq!(doc["results"], json!({"published_share": 2.0 / 3.0, "median_days_to_results": 5.75}));
+    assert_eq!(doc["suggestions"], json!({"received": 2, "answered": 1, "implemented": 1}));
+    assert_eq!(
+        doc["targets"],
+        json!([
+            {"id": "platform_growth", "value": 1.0, "target": 0.5, "met": true, "numerator": 2, "denominator": 1},
+            {"id": "digital_share", "value": 2.0 / 3.0, "target": 0.75, "met": false, "numerator": 2, "denominator": 3}
+        ])
+    );
+}
+
+fn check_msss(doc: &Value) {
+    assert_eq!(doc["organization_id"], json!("MSSS"));
+    assert_eq!(doc["consultations"]["opened"], json!(2));
+    assert_eq!(doc["consultations"]["on_platform"], json!(1));
+    assert_eq!(doc["participation"]["contributions"], json!(2));
+    assert_eq!(doc["participation"]["unique_participants"], json!(1));
+    assert_eq!(doc["satisfaction"]["responses"], json!(3));
+    assert_eq!(doc["satisfaction"]["mean"], json!(10.0 / 3.0));
+    assert_eq!(doc["suggestions"], json!({"received": 1, "answered": 1, "implemented": 1}));
+    // Growth over 2020-2021 for MSSS alone: 1 → 1.
+    assert_eq!(doc["targets"][0]["value"], json!(0.0));
+    assert_eq!(doc["targets"][0]["met"], json!(false));
+}
+
+async fn figures_after(events: Vec<Value>, batch: usize) -> (Value, Value, Value, Value) {
+    let server = TestServer::start().await;
+    for chunk in events.chunks(batch) {
+        server.ingest(chunk).await;
+    }
+    server.wait_caught_up().await;
+    let government = server.indicators("2021-2022", None).await;
+    let msss = server.indicators("2021-2022", Some("MSSS")).await;
+    let (_, c1) = server.get("/v1/consultations/c1", Some(READ_ALL)).await;
+    let (_, c4) = server.get("/v1/consultations/c4", Some(READ_ALL)).await;
+    (government, msss, c1, c4)
+}
+
+#[tokio::test]
+async fn scenario_gives_the_exact_figures_of_the_contract() {
+    let (government, msss, c1, c4) = figures_after(scenario(), 1_000).await;
+    check_government(&government);
+    check_msss(&msss);
+    assert_eq!(c1["organization_id"], json!("MSSS"));
+    assert_eq!(c1["fiscal_year"], json!("2021-2022"));
+    assert_eq!(c1["status"], json!("closed"));
+    assert_eq!(c1["hosted_on"], json!("platform"));
+    assert_eq!(c1["title_fr"], json!("Nouveau titre"));
+    assert_eq!(c1["methods"], json!(["online_survey"]));
+    assert_eq!(c1["offers_digital_participation"], json!(true));
+    assert_eq!(c1["contributions"], json!(1));
+    assert_eq!(c1["unique_participants"], json!(1));
+    assert_eq!(c1["visitors"], json!(2));
+    assert_eq!(c1["results_published"], json!(true));
+    // A cancelled consultation is left out of the indicators but shows its own figures.
+    assert_eq!(c4["status"], json!("cancelled"));
+    assert_eq!(c4["contributions"], json!(1));
+    assert_eq!(c4["contributions_by_kind"]["brief"], json!(1));
+}
+
+#[tokio::test]
+async fn arrival_order_and_batching_do_not_change_any_figure() {
+    let mut reversed = scenario();
+    reversed.reverse();
+    let (government, msss, c1, _) = figures_after(reversed, 7).await;
+    check_government(&government);
+    check_msss(&msss);
+    let (_, _, expected_c1, _) = figures_after(scenario(), 1_000).await;
+    assert_eq!(c1, expected_c1);
+}
+
+#[tokio::test]
+async fn unknown_and_malformed_requests_are_answered_as_the_contract_says() {
+    let server = TestServer::start().await;
+    let (status, body) = server.get("/v1/consultations/never-opened", Some(READ_ALL)).await;
+    assert_eq!((status, body["error"]["code"].clone()), (StatusCode::NOT_FOUND, json!("not_found")));
+    for bad in ["2021-2023", "2021", "21-22", "", "2021-2022x"] {
+        let (status, body) = server.get(&format!("/v1/indicators?fiscal_year={bad}"), Some(READ_ALL)).await;
+        assert_eq!(status, StatusCode::BAD_REQUEST, "{bad}: {body}");
+    }
+    let (status, _) = server.get("/v1/indicators", Some(READ_ALL)).await;
+    assert_eq!(status, StatusCode::BAD_REQUEST);
+    // A year without data: zeros and nulls, not 404.
+    let empty = server.indicators("1999-2000", None).await;
+    assert_eq!(empty["consultations"]["opened"], json!(0));
+    assert_eq!(empty["participation"]["visitor_conversion"], Value::Null);
+    assert_eq!(empty["satisfaction"]["mean"], Value::Null);
+    assert_eq!(empty["results"]["median_days_to_results"], Value::Null);
+    assert_eq!(empty["targets"][0]["value"], Value::Null);
+    assert_eq!(empty["targets"][0]["met"], Value::Null);
+    assert_eq!(empty["participation"]["contributions_by_kind"]["vote"], json!(0));
+}
+
+#[tokio::test]
+async fn fiscal_years_turn_at_local_midnight_in_edt_and_est() {
+    let server = TestServer::start().await;
+    server
+        .ingest(&[
+            // 2022: April 1 is in EDT (UTC-4).
+            opened(1, "2022-04-01T03:59:59.999Z", "MSSS", "edt-before", "platform", &["online_survey"]),
+            opened(2, "2022-04-01T00:00:00-04:00", "MSSS", "edt-after", "platform", &["online_survey"]),
+            // 1986: daylight time began on April 27, so April 1 was in EST (UTC-5).
+            opened(3, "1986-04-01T04:59:59.999Z", "MSSS", "est-before", "platform", &["online_survey"]),
+            opened(4, "1986-04-01T05:00:00Z", "MSSS", "est-after", "platform", &["online_survey"]),
+            // Feedback follows its own occurred_at; finer digits than the millisecond are cut.
+            feedback(5, "2022-04-01T03:59:59.9999Z", "MSSS", None, "p1", 5, None),
+            feedback(6, "2022-04-01T04:00:00.0001Z", "MSSS", None, "p1", 1, None),
+        ])
+        .await;
+    server.wait_caught_up().await;
+    for (consultation, fiscal_year) in
+        [("edt-before", "2021-2022"), ("edt-after", "2022-2023"), ("est-before", "1985-1986"), ("est-after", "1986-1987")]
+    {
+        let (_, body) = server.get(&format!("/v1/consultations/{consultation}"), Some(READ_ALL)).await;
+        assert_eq!(body["fiscal_year"], json!(fiscal_year), "{consultation}");
+    }
+    assert_eq!(server.indicators("2021-2022", None).await["satisfaction"]["mean"], json!(5.0));
+    assert_eq!(server.indicators("2022-2023", None).await["satisfaction"]["mean"], json!(1.0));
+    assert_eq!(server.indicators("1986-1987", None).await["consultations"]["opened"], json!(1));
+}
