@@ -1,0 +1,133 @@
+//! Benchmark of the embedded pipeline, end to end against the real release binary:
+//! `agora serve` runs as a child process on a fresh data folder; this program posts N
+//! synthetic events in NDJSON batches, waits until `/v1/pipeline` reports lag 0, then
+//! measures `GET /v1/indicators` latency and reads the server's peak RSS.
+//!
+//! cargo build --release && cargo run --release --example bench_embedded -- [EVENTS] [BATCH] [CONCURRENCY]
+
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use agora::synth::{generate, SynthOptions};
+use serde_json::Value;
+
+const INGEST: &str = "bench-ingest";
+const READ: &str = "bench-read";
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    let args: Vec<usize> = std::env::args().skip(1).map(|a| a.parse().expect("numeric arguments")).collect();
+    let events_wanted = args.first().copied().unwrap_or(1_000_000);
+    let batch = args.get(1).copied().unwrap_or(1_000);
+    let concurrency = args.get(2).copied().unwrap_or(4);
+
+    let binary = std::env::current_exe()?.parent().and_then(|p| p.parent()).map(|p| p.join("agora")).expect("target folder");
+    anyhow::ensure!(binary.exists(), "build the server first: cargo build --release ({} missing)", binary.display());
+
+    eprintln!("generating {events_wanted} events");
+    let scale = events_wanted as f64 / 620_000.0;
+    let mut events = generate(&SynthOptions { scale, ..SynthOptions::default() });
+    events.truncate(events_wanted);
+    let total = events.len();
+    let bodies: Vec<String> = events
+        .chunks(batch)
+        .map(|chunk| chunk.iter().map(|e| e.to_string() + "\n").collect())
+        .collect();
+    drop(events);
+
+    let dir = tempfile::tempdir()?;
+    let port = std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?.port();
+    let url = format!("http://127.0.0.1:{port}");
+    let mut server = Command::new(&binary)
+        .args(["serve", "--listen", &format!("127.0.0.1:{port}"), "--data-dir"])
+        .arg(dir.path())
+        .env("AGORA_INGEST_TOKENS", format!("bench:{INGEST}"))
+        .env("AGORA_READ_TOKENS", format!("*:{READ}"))
+        .env("AGORA_PSEUDONYM_KEY", "bench-key")
+        .env("AGORA_LOG", "warn")
+        .stdout(Stdio::null())
+        .spawn()?;
+    let client = reqwest::Client::new();
+    while client.get(format!("{url}/health/ready")).send().await.is_err() {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+
+    eprintln!("posting {total} events in {} batches of {batch}, {concurrency} at a time", bodies.len());
+    let started = Instant::now();
+    let semaphore = std::sync::Arc::new(tokio::sync::Semaphore::new(concurrency));
+    let mut tasks = Vec::new();
+    for body in bodies {
+        let permit = semaphore.clone().acquire_owned().await?;
+        let client = client.clone();
+        let endpoint = format!("{url}/v1/events");
+        tasks.push(tokio::spawn(async move {
+            let sent = Instant::now();
+            let response = client
+                .post(endpoint)
+                .bearer_auth(INGEST)
+                .header("content-type", "application/x-ndjson")
+                .body(body)
+                .send()
+                .await
+                .expect("post");
+            assert_eq!(response.status(), 202);
+            drop(permit);
+            sent.elapsed()
+        }));
+    }
+    let mut post_latencies = Vec::new();
+    for task in tasks {
+        post_latencies.push(task.await?);
+    }
+    let ingested = started.elapsed();
+    loop {
+        let pipeline: Value = client.get(format!("{url}/v1/pipeline")).bearer_auth(READ).send().await?.json().await?;
+        if pipeline["lag_events"] == 0 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    let projected = started.elapsed();
+
+    let mut keys = Vec::new();
+    for fy in 2021..=2026 {
+        for org in ["", "MSSS", "MEQ", "MCC", "SCT", "RAMQ", "MTMD"] {
+            keys.push(format!("fiscal_year={fy}-{}{}", fy + 1, if org.is_empty() { String::new() } else { format!("&organization_id={org}") }));
+        }
+    }
+    let mut cold = Vec::new();
+    for key in &keys {
+        let t = Instant::now();
+        let response = client.get(format!("{url}/v1/indicators?{key}")).bearer_auth(READ).send().await?;
+        assert_eq!(response.status(), 200);
+        response.bytes().await?;
+        cold.push(t.elapsed());
+    }
+    let mut warm = Vec::new();
+    for i in 0..2_000 {
+        let key = &keys[(i * 7919) % keys.len()];
+        let t = Instant::now();
+        let response = client.get(format!("{url}/v1/indicators?{key}")).bearer_auth(READ).send().await?;
+        response.bytes().await?;
+        warm.push(t.elapsed());
+    }
+    let status = std::fs::read_to_string(format!("/proc/{}/status", server.id())).unwrap_or_default();
+    let peak_rss = status.lines().find(|l| l.starts_with("VmHWM")).unwrap_or("VmHWM: unknown").to_owned();
+    server.kill()?;
+    server.wait()?;
+
+    println!("events:                  {total} in batches of {batch}, {concurrency} concurrent requests");
+    println!("ingest only:             {:.0} events/s ({:.2} s)", total as f64 / ingested.as_secs_f64(), ingested.as_secs_f64());
+    println!("POST to projected:       {:.0} events/s ({:.2} s to lag 0)", total as f64 / projected.as_secs_f64(), projected.as_secs_f64());
+    println!("POST /v1/events:         p50 {:.1} ms, p99 {:.1} ms", pct(&mut post_latencies, 0.50), pct(&mut post_latencies, 0.99));
+    println!("indicators, computed:    p50 {:.1} ms, p99 {:.1} ms ({} distinct queries, first call each)", pct(&mut cold, 0.50), pct(&mut cold, 0.99), cold.len());
+    println!("indicators, cached:      p50 {:.2} ms, p99 {:.2} ms ({} calls)", pct(&mut warm, 0.50), pct(&mut warm, 0.99), warm.len());
+    println!("agora serve peak RSS:    {}", peak_rss.split_whitespace().skip(1).collect::<Vec<_>>().join(" "));
+    Ok(())
+}
+
+fn pct(samples: &mut [Duration], q: f64) -> f64 {
+    samples.sort_unstable();
+    let i = ((samples.len() as f64 - 1.0) * q).round() as usize;
+    samples[i].as_secs_f64() * 1_000.0
+}
