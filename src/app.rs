@@ -169,28 +169,20 @@ async fn metrics(State(health): State<Arc<Health>>) -> impl IntoResponse {
     (StatusCode::OK, [(header::CONTENT_TYPE, "text/plain; version=0.0.4")], body)
 }
 
-/// Returns a token cancelled on SIGINT or SIGTERM.
-pub fn shutdown_on_signals() -> CancellationToken {
+/// Returns a token cancelled on SIGINT or SIGTERM. The handlers are installed before this
+/// returns, so a signal that arrives during start-up drains instead of killing the process.
+pub fn shutdown_on_signals() -> anyhow::Result<CancellationToken> {
+    use tokio::signal::unix::{signal, SignalKind};
+    let mut interrupt = signal(SignalKind::interrupt()).context("failed to install the SIGINT handler")?;
+    let mut terminate = signal(SignalKind::terminate()).context("failed to install the SIGTERM handler")?;
     let token = CancellationToken::new();
     let cancel = token.clone();
     tokio::spawn(async move {
-        let interrupt = tokio::signal::ctrl_c();
-        #[cfg(unix)]
-        let terminate = async {
-            match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-                Ok(mut signal) => {
-                    signal.recv().await;
-                }
-                Err(_) => std::future::pending::<()>().await,
-            }
-        };
-        #[cfg(not(unix))]
-        let terminate = std::future::pending::<()>();
         tokio::select! {
-            _ = interrupt => info!("SIGINT received"),
-            _ = terminate => info!("SIGTERM received"),
+            _ = interrupt.recv() => info!("SIGINT received"),
+            _ = terminate.recv() => info!("SIGTERM received"),
         }
         cancel.cancel();
     });
-    token
+    Ok(token)
 }

@@ -110,9 +110,12 @@ async fn execute(command: Command) -> anyhow::Result<ExitCode> {
     };
     match command {
         Command::Demo { listen, data_dir, synthetic } => {
-            run_demo(DemoOptions { listen, data_dir, synth: synthetic.options() }, shutdown_on_signals()).await?;
+            let shutdown = shutdown_on_signals()?;
+            run_demo(DemoOptions { listen, data_dir, synth: synthetic.options() }, shutdown).await?;
         }
         Command::Serve(place) | Command::Ingest(place) | Command::Project(place) | Command::Query(place) => {
+            // Installed first, so a signal during start-up drains instead of killing.
+            let shutdown = shutdown_on_signals()?;
             let config = Config::from_env(place.listen, place.data_dir)?;
             if roles.ingest {
                 config.require_pseudonym_key()?;
@@ -121,7 +124,7 @@ async fn execute(command: Command) -> anyhow::Result<ExitCode> {
             let listener = tokio::net::TcpListener::bind(config.listen)
                 .await
                 .with_context(|| format!("failed to listen on {}", config.listen))?;
-            run(config, roles, backends, listener, shutdown_on_signals()).await?;
+            run(config, roles, backends, listener, shutdown).await?;
         }
         Command::Generate { synthetic, output } => {
             let events = tokio::task::spawn_blocking(move || generate(&synthetic.options())).await?;
