@@ -29,10 +29,7 @@ async fn main() -> anyhow::Result<()> {
     let mut events = generate(&SynthOptions { scale, ..SynthOptions::default() });
     events.truncate(events_wanted);
     let total = events.len();
-    let bodies: Vec<String> = events
-        .chunks(batch)
-        .map(|chunk| chunk.iter().map(|e| e.to_string() + "\n").collect())
-        .collect();
+    let bodies: Vec<String> = events.chunks(batch).map(|chunk| chunk.iter().map(|e| e.to_string() + "\n").collect()).collect();
     drop(events);
 
     let dir = tempfile::tempdir()?;
@@ -92,7 +89,11 @@ async fn main() -> anyhow::Result<()> {
     let mut keys = Vec::new();
     for fy in 2021..=2026 {
         for org in ["", "MSSS", "MEQ", "MCC", "SCT", "RAMQ", "MTMD"] {
-            keys.push(format!("fiscal_year={fy}-{}{}", fy + 1, if org.is_empty() { String::new() } else { format!("&organization_id={org}") }));
+            keys.push(format!(
+                "fiscal_year={fy}-{}{}",
+                fy + 1,
+                if org.is_empty() { String::new() } else { format!("&organization_id={org}") }
+            ));
         }
     }
     let mut cold = Vec::new();
@@ -120,7 +121,12 @@ async fn main() -> anyhow::Result<()> {
     println!("ingest only:             {:.0} events/s ({:.2} s)", total as f64 / ingested.as_secs_f64(), ingested.as_secs_f64());
     println!("POST to projected:       {:.0} events/s ({:.2} s to lag 0)", total as f64 / projected.as_secs_f64(), projected.as_secs_f64());
     println!("POST /v1/events:         p50 {:.1} ms, p99 {:.1} ms", pct(&mut post_latencies, 0.50), pct(&mut post_latencies, 0.99));
-    println!("indicators, computed:    p50 {:.1} ms, p99 {:.1} ms ({} distinct queries, first call each)", pct(&mut cold, 0.50), pct(&mut cold, 0.99), cold.len());
+    println!(
+        "indicators, computed:    p50 {:.1} ms, p99 {:.1} ms ({} distinct queries, first call each)",
+        pct(&mut cold, 0.50),
+        pct(&mut cold, 0.99),
+        cold.len()
+    );
     println!("indicators, cached:      p50 {:.2} ms, p99 {:.2} ms ({} calls)", pct(&mut warm, 0.50), pct(&mut warm, 0.99), warm.len());
     println!("agora serve peak RSS:    {}", peak_rss.split_whitespace().skip(1).collect::<Vec<_>>().join(" "));
     Ok(())

@@ -40,7 +40,7 @@ pub async fn run_demo(options: DemoOptions, shutdown: CancellationToken) -> anyh
     config.public_read = true;
     config.pseudonym_key = Some(crate::random_hex());
     config.ingest_tokens = vec![agora_ingest::IngestToken { source: "demo".into(), token: ingest_token.clone() }];
-    let backends = open_backends(&config)?;
+    let backends = open_backends(&config).await?;
 
     let started = Instant::now();
     let spinner = ProgressBar::new_spinner().with_message("generating the synthetic history");

@@ -36,11 +36,8 @@ const ATTEMPTS: u32 = 6;
 
 /// Posts `file` to the ingest role at `url` in batches of `batch_size` lines.
 pub async fn import(file: &Path, url: &str, token: &str, batch_size: usize, show_progress: bool) -> anyhow::Result<ImportSummary> {
-    let endpoint = if url.trim_end_matches('/').ends_with("/v1/events") {
-        url.to_owned()
-    } else {
-        format!("{}/v1/events", url.trim_end_matches('/'))
-    };
+    let endpoint =
+        if url.trim_end_matches('/').ends_with("/v1/events") { url.to_owned() } else { format!("{}/v1/events", url.trim_end_matches('/')) };
     let handle = tokio::fs::File::open(file).await.with_context(|| format!("failed to open {}", file.display()))?;
     let size = handle.metadata().await?.len();
     let bar = if show_progress { progress(size, "importing") } else { indicatif::ProgressBar::hidden() };

@@ -118,14 +118,7 @@ impl Rng {
         let (a, b) = (self.next(), self.next());
         let hi = (a & 0xFFFF_FFFF_FFFF_0FFF) | 0x0000_0000_0000_4000;
         let lo = (b & 0x3FFF_FFFF_FFFF_FFFF) | 0x8000_0000_0000_0000;
-        format!(
-            "{:08x}-{:04x}-{:04x}-{:04x}-{:012x}",
-            hi >> 32,
-            (hi >> 16) & 0xFFFF,
-            hi & 0xFFFF,
-            lo >> 48,
-            lo & 0xFFFF_FFFF_FFFF
-        )
+        format!("{:08x}-{:04x}-{:04x}-{:04x}-{:012x}", hi >> 32, (hi >> 16) & 0xFFFF, hi & 0xFFFF, lo >> 48, lo & 0xFFFF_FFFF_FFFF)
     }
 }
 
@@ -142,7 +135,15 @@ struct Builder {
 }
 
 impl Builder {
-    fn push(&mut self, at: DateTime<Utc>, kind: &str, org: &str, consultation: Option<&str>, participant: Option<&str>, data: Value) -> Option<String> {
+    fn push(
+        &mut self,
+        at: DateTime<Utc>,
+        kind: &str,
+        org: &str,
+        consultation: Option<&str>,
+        participant: Option<&str>,
+        data: Value,
+    ) -> Option<String> {
         if at > self.until {
             return None;
         }
@@ -261,7 +262,14 @@ fn consultation(
     if !on_platform && b.rng.chance(0.1) {
         // Moved onto the platform a few days in.
         let at = opened + Duration::days(b.rng.range(1, 10));
-        b.push(at, "consultation.updated", org, Some(id), None, json!({"hosted_on": "platform", "methods": ["online_survey", "online_comments"]}));
+        b.push(
+            at,
+            "consultation.updated",
+            org,
+            Some(id),
+            None,
+            json!({"hosted_on": "platform", "methods": ["online_survey", "online_comments"]}),
+        );
     } else if b.rng.chance(0.05) {
         let at = opened + Duration::hours(b.rng.range(1, 72));
         b.push(at, "consultation.updated", org, Some(id), None, json!({"title_fr": format!("Consultation publique sur {topic_fr}")}));
@@ -292,11 +300,25 @@ fn consultation(
                 weight < acc
             });
             let at = visited + Duration::seconds(b.rng.range(30, 3_600));
-            b.push(at, "contribution.submitted", org, Some(id), Some(&participant), json!({"contribution_id": contribution_id, "kind": kind.map_or("comment", |k| k.0)}));
+            b.push(
+                at,
+                "contribution.submitted",
+                org,
+                Some(id),
+                Some(&participant),
+                json!({"contribution_id": contribution_id, "kind": kind.map_or("comment", |k| k.0)}),
+            );
             if b.rng.chance(0.03) {
                 let reason = if b.rng.chance(0.5) { "author" } else { "moderation" };
                 let withdrawn = at + Duration::hours(b.rng.range(1, 48));
-                b.push(withdrawn, "contribution.withdrawn", org, Some(id), None, json!({"contribution_id": contribution_id, "reason": reason}));
+                b.push(
+                    withdrawn,
+                    "contribution.withdrawn",
+                    org,
+                    Some(id),
+                    None,
+                    json!({"contribution_id": contribution_id, "reason": reason}),
+                );
             }
         }
         if b.rng.chance(0.12) {
@@ -307,7 +329,14 @@ fn consultation(
         b.push(closes, "consultation.closed", org, Some(id), None, json!({}));
         if b.rng.chance(0.7) {
             let published = closes + Duration::days(b.rng.range(10, 60)) + Duration::hours(b.rng.range(0, 23));
-            b.push(published, "consultation.results_published", org, Some(id), None, json!({"report_url": format!("https://www.quebec.ca/consultations/{id}/rapport")}));
+            b.push(
+                published,
+                "consultation.results_published",
+                org,
+                Some(id),
+                None,
+                json!({"report_url": format!("https://www.quebec.ca/consultations/{id}/rapport")}),
+            );
         }
     }
 }
@@ -319,7 +348,9 @@ fn feedback(b: &mut Builder, at: DateTime<Utc>, org: &str, consultation: Option<
     if with_suggestion {
         data["suggestion"] = json!("Offrir un résumé en langage clair et des rappels par courriel.");
     }
-    let Some(feedback_id) = b.push(at, "feedback.submitted", org, consultation, Some(participant), data) else { return };
+    let Some(feedback_id) = b.push(at, "feedback.submitted", org, consultation, Some(participant), data) else {
+        return;
+    };
     if with_suggestion && b.rng.chance(0.6) {
         let mut when = at;
         for _ in 0..b.rng.range(1, 2) {

@@ -5,10 +5,8 @@ use tracing_subscriber::EnvFilter;
 
 /// Installs the process-wide log subscriber.
 pub fn init() {
-    let filter = std::env::var("AGORA_LOG")
-        .or_else(|_| std::env::var("RUST_LOG"))
-        .map(EnvFilter::new)
-        .unwrap_or_else(|_| EnvFilter::new("info"));
+    let filter =
+        std::env::var("AGORA_LOG").or_else(|_| std::env::var("RUST_LOG")).map(EnvFilter::new).unwrap_or_else(|_| EnvFilter::new("info"));
     let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
     if std::env::var("AGORA_LOG_FORMAT").is_ok_and(|f| f == "json") {
         builder.json().init();

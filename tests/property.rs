@@ -33,27 +33,52 @@ fn build(index: usize, pick: Pick, count: usize) -> Value {
     let participant = format!("person-{participant}");
     let contribution = format!("k{contribution}");
     let (kind, consultation_id, participant_id, data) = match kind {
-        0 | 1 => ("consultation.opened", Some(consultation), None, json!({
+        0 | 1 => (
+            "consultation.opened",
+            Some(consultation),
+            None,
+            json!({
             "title_fr": format!("Titre {choice}"), "hosted_on": if flag { "platform" } else { "third_party" },
-            "methods": METHODS[choice % METHODS.len()]})),
-        2 => ("consultation.updated", Some(consultation), None, if flag {
-            json!({"hosted_on": if choice % 2 == 0 { "platform" } else { "third_party" }})
-        } else {
-            json!({"methods": METHODS[choice % METHODS.len()], "title_en": "Title"})
-        }),
+            "methods": METHODS[choice % METHODS.len()]}),
+        ),
+        2 => (
+            "consultation.updated",
+            Some(consultation),
+            None,
+            if flag {
+                json!({"hosted_on": if choice % 2 == 0 { "platform" } else { "third_party" }})
+            } else {
+                json!({"methods": METHODS[choice % METHODS.len()], "title_en": "Title"})
+            },
+        ),
         3 => ("consultation.closed", Some(consultation), None, json!({})),
         4 => ("consultation.cancelled", Some(consultation), None, json!({})),
         5 => ("consultation.results_published", Some(consultation), None, json!({})),
         6 => ("participant.visited", Some(consultation), Some(participant), json!({"channel": "web"})),
-        7 | 8 => ("contribution.submitted", Some(consultation), Some(participant), json!({"contribution_id": contribution, "kind": KINDS[choice % KINDS.len()]})),
+        7 | 8 => (
+            "contribution.submitted",
+            Some(consultation),
+            Some(participant),
+            json!({"contribution_id": contribution, "kind": KINDS[choice % KINDS.len()]}),
+        ),
         9 => ("contribution.withdrawn", Some(consultation), None, json!({"contribution_id": contribution, "reason": "author"})),
-        10 | 11 => ("feedback.submitted", flag.then_some(consultation), Some(participant), if choice % 2 == 0 {
-            json!({"satisfaction": satisfaction, "suggestion": "une idée"})
-        } else {
-            json!({"satisfaction": satisfaction})
-        }),
-        _ => ("suggestion.triaged", None, None, json!({
-            "feedback_event_id": uuid(choice * 7 % count.max(1)), "status": STATUSES[choice % STATUSES.len()]})),
+        10 | 11 => (
+            "feedback.submitted",
+            flag.then_some(consultation),
+            Some(participant),
+            if choice % 2 == 0 {
+                json!({"satisfaction": satisfaction, "suggestion": "une idée"})
+            } else {
+                json!({"satisfaction": satisfaction})
+            },
+        ),
+        _ => (
+            "suggestion.triaged",
+            None,
+            None,
+            json!({
+            "feedback_event_id": uuid(choice * 7 % count.max(1)), "status": STATUSES[choice % STATUSES.len()]}),
+        ),
     };
     let mut event = json!({"event_id": uuid(index), "type": kind, "schema_version": 1, "occurred_at": TIMES[time],
         "organization_id": ORGS[org], "data": data});
@@ -71,7 +96,8 @@ fn uuid(n: usize) -> String {
 }
 
 fn arb_events() -> impl Strategy<Value = Vec<Event>> {
-    let pick = (0usize..13, 0..TIMES.len(), 0..CONSULTATIONS.len(), 0..ORGS.len(), 0usize..4, 0usize..5, 1u8..=5, any::<bool>(), 0usize..12);
+    let pick =
+        (0usize..13, 0..TIMES.len(), 0..CONSULTATIONS.len(), 0..ORGS.len(), 0usize..4, 0usize..5, 1u8..=5, any::<bool>(), 0usize..12);
     prop::collection::vec(pick, 1..70).prop_map(|picks| {
         let count = picks.len();
         picks

@@ -126,9 +126,7 @@ fn connect(path: &Path) -> anyhow::Result<Connection> {
 
 /// Runs SQLite work off the async runtime, mapping failures to `Unavailable`: a locked,
 /// full or unreadable database is a backend that cannot serve now.
-async fn run_blocking<T: Send + 'static>(
-    work: impl FnOnce() -> anyhow::Result<T> + Send + 'static,
-) -> Result<T, LogError> {
+async fn run_blocking<T: Send + 'static>(work: impl FnOnce() -> anyhow::Result<T> + Send + 'static) -> Result<T, LogError> {
     tokio::task::spawn_blocking(work)
         .await
         .map_err(|e| LogError::Unexpected(anyhow::anyhow!("log task failed: {e}")))?

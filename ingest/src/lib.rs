@@ -93,8 +93,12 @@ impl IngestError {
 impl IntoResponse for IngestError {
     fn into_response(self) -> Response {
         match &self {
-            IngestError::Unavailable(source) => warn!(error = format!("{source:#}"), "event log unavailable"),
-            IngestError::Unexpected(source) => error!(error = format!("{source:#}"), "ingest failed"),
+            IngestError::Unavailable(source) => {
+                warn!(error = format!("{source:#}"), "event log unavailable")
+            }
+            IngestError::Unexpected(source) => {
+                error!(error = format!("{source:#}"), "ingest failed")
+            }
             _ => {}
         }
         (self.status(), Json(error_body(self.code(), &self.to_string()))).into_response()
@@ -215,7 +219,10 @@ fn parse_body(bytes: &[u8], ndjson: bool) -> Result<Vec<Element>, IngestError> {
 /// Validates and pseudonymizes each element: accepted events in body order, and the
 /// rejections with the kind of their first error (for metrics). The one path from raw
 /// platform events to log events, used by `POST /v1/events` and by `agora demo`.
-pub fn check_elements(elements: impl ExactSizeIterator<Item = Element>, pseudonymizer: &Pseudonymizer) -> (Vec<Event>, Vec<(Rejection, ErrorKind)>) {
+pub fn check_elements(
+    elements: impl ExactSizeIterator<Item = Element>,
+    pseudonymizer: &Pseudonymizer,
+) -> (Vec<Event>, Vec<(Rejection, ErrorKind)>) {
     let received_at = chrono::Utc::now();
     let mut events = Vec::with_capacity(elements.len());
     let mut rejected = Vec::new();

@@ -94,12 +94,9 @@ pub fn fold(event: &Event) -> Result<Vec<RowChange>, FoldError> {
             }
             changes
         }
-        EventBody::SuggestionTriaged { feedback_event_id, status } => vec![RowChange::Triage {
-            feedback_event_id: feedback_event_id.clone(),
-            status: status.clone(),
-            at_ms,
-            event_id: event_id(),
-        }],
+        EventBody::SuggestionTriaged { feedback_event_id, status } => {
+            vec![RowChange::Triage { feedback_event_id: feedback_event_id.clone(), status: status.clone(), at_ms, event_id: event_id() }]
+        }
     };
     Ok(changes)
 }

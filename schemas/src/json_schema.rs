@@ -30,10 +30,9 @@ pub fn event_schema(t: &TypeRules) -> Value {
     );
     properties.insert("organization_id".into(), rule_schema(&rules::ORGANIZATION_ID));
     let mut required = vec!["event_id", "type", "schema_version", "occurred_at", "organization_id", "data"];
-    for (name, presence, rule) in [
-        ("consultation_id", t.consultation_id, &rules::CONSULTATION_ID),
-        ("participant_id", t.participant_id, &rules::PARTICIPANT_ID),
-    ] {
+    for (name, presence, rule) in
+        [("consultation_id", t.consultation_id, &rules::CONSULTATION_ID), ("participant_id", t.participant_id, &rules::PARTICIPANT_ID)]
+    {
         match presence {
             Presence::Forbidden => {
                 properties.insert(name.into(), json!({ "type": "null" }));

@@ -3,14 +3,8 @@
 //! documents are both generated from these tables, so they cannot drift apart.
 
 /// Digital participation methods (SPEC §2, "Method codes").
-pub const DIGITAL_METHODS: &[&str] = &[
-    "online_survey",
-    "online_comments",
-    "online_proposals",
-    "online_vote",
-    "online_brief",
-    "virtual_meeting",
-];
+pub const DIGITAL_METHODS: &[&str] =
+    &["online_survey", "online_comments", "online_proposals", "online_vote", "online_brief", "virtual_meeting"];
 
 /// Non-digital participation methods.
 pub const NON_DIGITAL_METHODS: &[&str] = &["in_person_meeting", "paper_brief", "phone", "mail"];
@@ -123,16 +117,8 @@ pub const CONSULTATION_ID: Rule = Rule::Text { min: 1, max: 128, charset: Some(C
 pub const PARTICIPANT_ID: Rule = Rule::Text { min: 1, max: 256, charset: None };
 
 /// The names of the envelope fields, in contract order.
-pub const ENVELOPE_FIELDS: &[&str] = &[
-    "event_id",
-    "type",
-    "schema_version",
-    "occurred_at",
-    "organization_id",
-    "consultation_id",
-    "participant_id",
-    "data",
-];
+pub const ENVELOPE_FIELDS: &[&str] =
+    &["event_id", "type", "schema_version", "occurred_at", "organization_id", "consultation_id", "participant_id", "data"];
 
 /// The current (and only) schema version.
 pub const SCHEMA_VERSION: i64 = 1;
@@ -195,20 +181,14 @@ pub const TYPES: &[TypeRules] = &[
         name: "contribution.submitted",
         consultation_id: Presence::Required,
         participant_id: Presence::Required,
-        data: &[
-            field("contribution_id", CONTRIBUTION_ID, true),
-            field("kind", Rule::OneOf(CONTRIBUTION_KINDS), true),
-        ],
+        data: &[field("contribution_id", CONTRIBUTION_ID, true), field("kind", Rule::OneOf(CONTRIBUTION_KINDS), true)],
         at_least_one_field: false,
     },
     TypeRules {
         name: "contribution.withdrawn",
         consultation_id: Presence::Required,
         participant_id: Presence::Forbidden,
-        data: &[
-            field("contribution_id", CONTRIBUTION_ID, true),
-            field("reason", Rule::OneOf(&["author", "moderation"]), true),
-        ],
+        data: &[field("contribution_id", CONTRIBUTION_ID, true), field("reason", Rule::OneOf(&["author", "moderation"]), true)],
         at_least_one_field: false,
     },
     TypeRules {
@@ -225,10 +205,7 @@ pub const TYPES: &[TypeRules] = &[
         name: "suggestion.triaged",
         consultation_id: Presence::Optional,
         participant_id: Presence::Forbidden,
-        data: &[
-            field("feedback_event_id", Rule::Uuid, true),
-            field("status", Rule::OneOf(TRIAGE_STATUSES), true),
-        ],
+        data: &[field("feedback_event_id", Rule::Uuid, true), field("status", Rule::OneOf(TRIAGE_STATUSES), true)],
         at_least_one_field: false,
     },
 ];

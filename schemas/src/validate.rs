@@ -146,10 +146,9 @@ pub fn validate_event(raw: &Value, received_at: DateTime<Utc>) -> Result<Event, 
         // Without a known type the presence rules are unknown: check the format only.
         None => (Presence::Optional, Presence::Optional),
     };
-    for (name, presence, rule) in [
-        ("consultation_id", consultation, &rules::CONSULTATION_ID),
-        ("participant_id", participant, &rules::PARTICIPANT_ID),
-    ] {
+    for (name, presence, rule) in
+        [("consultation_id", consultation, &rules::CONSULTATION_ID), ("participant_id", participant, &rules::PARTICIPANT_ID)]
+    {
         let path = pointer(&[name]);
         match (present(envelope, name), presence) {
             (None, Presence::Required) => errors.push(required_error(&path, type_rules)),
@@ -226,11 +225,7 @@ fn check_uuid(value: &Value, path: &str, errors: &mut Vec<ValidationError>) -> O
     if canonical {
         Some(s.to_ascii_lowercase())
     } else {
-        errors.push(ValidationError::new(
-            path,
-            ErrorKind::Format,
-            "must be a UUID in canonical 8-4-4-4-12 hexadecimal form",
-        ));
+        errors.push(ValidationError::new(path, ErrorKind::Format, "must be a UUID in canonical 8-4-4-4-12 hexadecimal form"));
         None
     }
 }
@@ -286,11 +281,7 @@ fn check_rule(value: &Value, rule: &Rule, path: &str, errors: &mut Vec<Validatio
         },
         Rule::OneOf(allowed) => match value.as_str() {
             Some(s) if allowed.contains(&s) => {}
-            Some(_) => errors.push(ValidationError::new(
-                path,
-                ErrorKind::NotAllowed,
-                format!("must be one of {}", allowed.join(", ")),
-            )),
+            Some(_) => errors.push(ValidationError::new(path, ErrorKind::NotAllowed, format!("must be one of {}", allowed.join(", ")))),
             None => errors.push(ValidationError::new(path, ErrorKind::WrongType, "must be a string")),
         },
         Rule::Integer { min, max } => match value.as_i64().filter(|_| !value.is_f64()) {
@@ -303,9 +294,7 @@ fn check_rule(value: &Value, rule: &Rule, path: &str, errors: &mut Vec<Validatio
         }
         Rule::Methods => match value.as_array() {
             None => errors.push(ValidationError::new(path, ErrorKind::WrongType, "must be an array of method codes")),
-            Some(items) if items.is_empty() => {
-                errors.push(ValidationError::new(path, ErrorKind::Length, "must list at least one method"))
-            }
+            Some(items) if items.is_empty() => errors.push(ValidationError::new(path, ErrorKind::Length, "must list at least one method")),
             Some(items) => {
                 let mut seen: Vec<&str> = Vec::with_capacity(items.len());
                 for (i, item) in items.iter().enumerate() {
@@ -321,11 +310,9 @@ fn check_rule(value: &Value, rule: &Rule, path: &str, errors: &mut Vec<Validatio
                                 rules::NON_DIGITAL_METHODS.join(", ")
                             ),
                         )),
-                        Some(code) if seen.contains(&code) => errors.push(ValidationError::new(
-                            item_path,
-                            ErrorKind::Duplicate,
-                            format!("duplicate method {code}"),
-                        )),
+                        Some(code) if seen.contains(&code) => {
+                            errors.push(ValidationError::new(item_path, ErrorKind::Duplicate, format!("duplicate method {code}")))
+                        }
                         Some(code) => seen.push(code),
                     }
                 }
@@ -346,11 +333,7 @@ fn check_data(data: &Map<String, Value>, t: &TypeRules, errors: &mut Vec<Validat
     let mut normalized = Map::new();
     for key in data.keys() {
         if !t.data.iter().any(|f| f.name == key) {
-            errors.push(ValidationError::new(
-                pointer(&["data", key]),
-                ErrorKind::UnknownField,
-                format!("unknown field for {}", t.name),
-            ));
+            errors.push(ValidationError::new(pointer(&["data", key]), ErrorKind::UnknownField, format!("unknown field for {}", t.name)));
         }
     }
     for field in t.data {

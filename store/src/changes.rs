@@ -63,14 +63,7 @@ pub enum RowChange {
     /// A `participant.visited`: a (consultation, participant) set member.
     Visit { consultation_id: String, participant: String },
     /// A `contribution.submitted`: one per `contribution_id`, the earliest if repeated.
-    Contribution {
-        contribution_id: String,
-        consultation_id: String,
-        participant: String,
-        kind: String,
-        at_ms: i64,
-        event_id: String,
-    },
+    Contribution { contribution_id: String, consultation_id: String, participant: String, kind: String, at_ms: i64, event_id: String },
     /// A `contribution.withdrawn`: withdraws the contribution whenever it arrives.
     Withdrawal { contribution_id: String },
     /// A `feedback.submitted`: the latest per (participant, scope, fiscal year) counts.
