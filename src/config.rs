@@ -5,6 +5,7 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::Duration;
 
+use agora_eventlog::KafkaSettings;
 use agora_ingest::IngestToken;
 use agora_projector::ProjectorConfig;
 use agora_query::{ReadScope, ReadToken, TargetDefinition, TargetKind};
@@ -24,10 +25,10 @@ pub enum ConfigError {
 }
 
 /// Where events are kept.
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone)]
 pub enum LogBackend {
     Embedded,
-    Kafka { brokers: String, topic: String },
+    Kafka(KafkaSettings),
 }
 
 /// Where read models are kept.
@@ -64,7 +65,7 @@ impl Config {
     ) -> Result<Config, ConfigError> {
         let var = |name: &str| var(name).map(|v| v.trim().to_owned()).filter(|v| !v.is_empty());
         let log_backend = match var("AGORA_KAFKA_BROKERS") {
-            Some(brokers) => LogBackend::Kafka { brokers, topic: var("AGORA_KAFKA_TOPIC").unwrap_or_else(|| "agora.events.v1".into()) },
+            Some(brokers) => LogBackend::Kafka(kafka_settings(&var, brokers)?),
             None => LogBackend::Embedded,
         };
         let store_backend = match var("AGORA_CLICKHOUSE_URL") {
@@ -134,6 +135,32 @@ impl Config {
     }
 }
 
+/// Reads the Kafka settings; every one but the brokers has a default (see `KafkaSettings`).
+fn kafka_settings(var: &impl Fn(&str) -> Option<String>, brokers: String) -> Result<KafkaSettings, ConfigError> {
+    let mut settings = KafkaSettings::new(brokers, var("AGORA_KAFKA_TOPIC").unwrap_or_else(|| "agora.events.v1".into()));
+    if let Some(topic) = var("AGORA_KAFKA_DEAD_LETTER_TOPIC") {
+        settings.dead_letter_topic = topic;
+    }
+    if let Some(group) = var("AGORA_KAFKA_GROUP") {
+        settings.group_id = group;
+    }
+    settings.partitions = parse_or(var, "AGORA_KAFKA_PARTITIONS", settings.partitions, |n: &i32| *n > 0, "a whole number above 0")?;
+    settings.replication_factor =
+        parse_or(var, "AGORA_KAFKA_REPLICATION", settings.replication_factor, |n: &i32| *n > 0, "a whole number above 0")?;
+    let millis = |name: &'static str, default: Duration| -> Result<Duration, ConfigError> {
+        parse_or(var, name, default.as_millis() as u64, |n: &u64| *n > 0, "milliseconds above 0").map(Duration::from_millis)
+    };
+    settings.session_timeout = millis("AGORA_KAFKA_SESSION_TIMEOUT_MS", settings.session_timeout)?;
+    settings.heartbeat_interval = millis("AGORA_KAFKA_HEARTBEAT_MS", settings.heartbeat_interval)?;
+    settings.fetch_wait = millis("AGORA_KAFKA_FETCH_WAIT_MS", settings.fetch_wait)?;
+    settings.produce_timeout = millis("AGORA_KAFKA_PRODUCE_TIMEOUT_MS", settings.produce_timeout)?;
+    settings.request_timeout = millis("AGORA_KAFKA_REQUEST_TIMEOUT_MS", settings.request_timeout)?;
+    if settings.heartbeat_interval >= settings.session_timeout {
+        return Err(ConfigError::Invalid { name: "AGORA_KAFKA_HEARTBEAT_MS", rule: "must be below AGORA_KAFKA_SESSION_TIMEOUT_MS".into() });
+    }
+    Ok(settings)
+}
+
 fn parse_or<T: std::str::FromStr>(
     var: &impl Fn(&str) -> Option<String>,
     name: &'static str,
@@ -143,17 +170,17 @@ fn parse_or<T: std::str::FromStr>(
 ) -> Result<T, ConfigError> {
     match var(name) {
         None => Ok(default),
-        Some(raw) => raw
-            .parse()
-            .ok()
-            .filter(|v| valid(v))
-            .ok_or_else(|| ConfigError::Invalid { name, rule: format!("must be {rule}, got {raw:?}") }),
+        Some(raw) => {
+            raw.parse().ok().filter(|v| valid(v)).ok_or_else(|| ConfigError::Invalid { name, rule: format!("must be {rule}, got {raw:?}") })
+        }
     }
 }
 
 /// Parses `a:x,b:y` lists; the secret after the first colon may itself hold colons.
 fn parse_pairs(raw: Option<String>, name: &'static str, shape: &str) -> Result<Vec<(String, String)>, ConfigError> {
-    let Some(raw) = raw else { return Ok(Vec::new()) };
+    let Some(raw) = raw else {
+        return Ok(Vec::new());
+    };
     raw.split(',')
         .map(str::trim)
         .filter(|item| !item.is_empty())
@@ -181,10 +208,21 @@ mod tests {
     fn defaults_to_the_embedded_backends() {
         let config = load(&[]).unwrap();
         assert_eq!(config.listen.to_string(), DEFAULT_LISTEN);
-        assert_eq!(config.log_backend, LogBackend::Embedded);
+        assert!(matches!(config.log_backend, LogBackend::Embedded));
         assert_eq!(config.store_backend, StoreBackend::Embedded);
         assert!(!config.public_read);
         assert!(config.require_pseudonym_key().is_err());
+    }
+
+    #[test]
+    fn reads_kafka_settings_with_defaults() {
+        let config = load(&[("AGORA_KAFKA_BROKERS", "b1:9092,b2:9092"), ("AGORA_KAFKA_SESSION_TIMEOUT_MS", "6000")]).unwrap();
+        let LogBackend::Kafka(settings) = config.log_backend else { panic!("kafka expected") };
+        assert_eq!(settings.brokers, "b1:9092,b2:9092");
+        assert_eq!(settings.topic, "agora.events.v1");
+        assert_eq!(settings.dead_letter_topic, "agora.events.v1.dead-letter");
+        assert_eq!(settings.group_id, "agora-projector");
+        assert_eq!(settings.session_timeout, Duration::from_millis(6000));
     }
 
     #[test]
@@ -201,6 +239,8 @@ mod tests {
         assert!(err.contains("AGORA_READ_TOKENS") && err.contains("scope:token"), "{err}");
         let err = load(&[("AGORA_PROJECTOR_BATCH_SIZE", "0")]).unwrap_err().to_string();
         assert!(err.contains("AGORA_PROJECTOR_BATCH_SIZE"), "{err}");
+        let err = load(&[("AGORA_KAFKA_BROKERS", "b:9092"), ("AGORA_KAFKA_PARTITIONS", "zero")]).unwrap_err().to_string();
+        assert!(err.contains("AGORA_KAFKA_PARTITIONS"), "{err}");
         let err = load(&[("AGORA_PUBLIC_READ", "yes")]).unwrap_err().to_string();
         assert!(err.contains("true or false"), "{err}");
     }

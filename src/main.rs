@@ -66,6 +66,12 @@ enum Command {
     Project(Place),
     /// Runs the query role alone.
     Query(Place),
+    /// Rebuilds the read models from the beginning of the log, replacing them at once when done.
+    Replay {
+        /// Folder of the embedded log and store.
+        #[arg(long, value_name = "DIR")]
+        data_dir: Option<PathBuf>,
+    },
     /// Writes the synthetic history as NDJSON (to standard output without --output).
     Generate {
         #[command(flatten)]
@@ -120,11 +126,22 @@ async fn execute(command: Command) -> anyhow::Result<ExitCode> {
             if roles.ingest {
                 config.require_pseudonym_key()?;
             }
-            let backends = open_backends(&config)?;
-            let listener = tokio::net::TcpListener::bind(config.listen)
-                .await
-                .with_context(|| format!("failed to listen on {}", config.listen))?;
+            let backends = open_backends(&config).await?;
+            let listener =
+                tokio::net::TcpListener::bind(config.listen).await.with_context(|| format!("failed to listen on {}", config.listen))?;
             run(config, roles, backends, listener, shutdown).await?;
+        }
+        Command::Replay { data_dir } => {
+            let config = Config::from_env(None, data_dir)?;
+            let backends = open_backends(&config).await?;
+            let bar = agora::progress(0, "replaying");
+            let summary = agora_projector::rebuild(&backends.log, &backends.store, config.projector.batch_size, |done, total| {
+                bar.set_length(total);
+                bar.set_position(done);
+            })
+            .await?;
+            bar.finish_and_clear();
+            println!("rebuilt the read models from {} records ({} dead-lettered)", summary.records, summary.dead_letters);
         }
         Command::Generate { synthetic, output } => {
             let events = tokio::task::spawn_blocking(move || generate(&synthetic.options())).await?;

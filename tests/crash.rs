@@ -5,7 +5,7 @@
 mod common;
 
 use std::path::Path;
-use std::process::{Child, Command, Stdio};
+use std::process::Command;
 use std::time::Duration;
 
 use agora::app::Roles;
@@ -13,15 +13,13 @@ use agora::synth::{generate, SynthOptions};
 use common::*;
 use serde_json::Value;
 
-const FISCAL_YEARS: &[&str] = &["2021-2022", "2022-2023", "2023-2024", "2024-2025", "2025-2026", "2026-2027"];
-
 /// Ingests a synthetic history into a fresh data folder through the ingest role alone, so
 /// nothing is projected yet; returns the folder and the number of events in the log.
 async fn logged_history(scale: f64) -> (tempfile::TempDir, i64) {
     let server = TestServer::start_in(tempfile::tempdir().unwrap(), Roles::INGEST, &[]).await;
     let events = generate(&SynthOptions { scale, seed: 99, ..SynthOptions::default() });
     server.ingest(&events).await;
-    let dir = server.stop().await;
+    let (dir, _) = server.stop().await;
     let end = log_end(dir.path());
     assert!(end as usize >= events.len());
     (dir, end)
@@ -46,27 +44,17 @@ fn copy_log(from: &Path) -> tempfile::TempDir {
     to
 }
 
-fn agora(args: &[&str], dir: &Path, extra: &[(&str, &str)]) -> Child {
-    let mut command = Command::new(env!("CARGO_BIN_EXE_agora"));
-    command.args(args).arg("--data-dir").arg(dir).arg("--listen").arg("127.0.0.1:0");
-    command.envs(test_env(extra)).env("AGORA_LOG", "warn").stdin(Stdio::null()).stdout(Stdio::null()).stderr(Stdio::inherit());
-    command.spawn().unwrap()
+fn agora(args: &[&str], dir: &Path, extra: &[(&str, &str)]) -> AgoraProcess {
+    spawn_agora(args, dir, None, extra)
 }
 
 async fn wait_for_position(dir: &Path, reached: impl Fn(i64) -> bool) -> bool {
     wait_until(Duration::from_secs(120), || async { reached(store_position(dir)) }).await
 }
 
-/// Every indicator document of the history, for all of government and three bodies.
-async fn all_figures(dir: tempfile::TempDir) -> Vec<Value> {
-    let server = TestServer::start_in(dir, Roles::QUERY, &[]).await;
-    let mut documents = Vec::new();
-    for fy in FISCAL_YEARS {
-        for org in [None, Some("MSSS"), Some("MCC"), Some("SCT")] {
-            documents.push(server.indicators(fy, org).await);
-        }
-    }
-    documents
+/// Every indicator document of the history, read by a query role over `dir`.
+async fn figures_in(dir: tempfile::TempDir) -> Vec<Value> {
+    all_figures(&TestServer::start_in(dir, Roles::QUERY, &[]).await).await
 }
 
 /// Projects a copy of the log in one uninterrupted run and returns its figures.
@@ -76,7 +64,7 @@ async fn reference_figures(log_dir: &Path, end: i64) -> Vec<Value> {
     assert!(wait_for_position(dir.path(), |p| p == end).await, "reference projector did not finish");
     projector.kill().unwrap();
     projector.wait().unwrap();
-    all_figures(dir).await
+    figures_in(dir).await
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -95,7 +83,7 @@ async fn projector_killed_mid_run_restarts_to_identical_figures() {
     assert!(wait_for_position(dir.path(), |p| p == end).await, "restarted projector did not finish");
     restarted.kill().unwrap();
     restarted.wait().unwrap();
-    assert_eq!(all_figures(dir).await, expected);
+    assert_eq!(figures_in(dir).await, expected);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -113,7 +101,7 @@ async fn projector_aborted_between_write_and_commit_loses_and_doubles_nothing() 
     assert!(wait_for_position(dir.path(), |p| p == end).await);
     restarted.kill().unwrap();
     restarted.wait().unwrap();
-    assert_eq!(all_figures(dir).await, expected);
+    assert_eq!(figures_in(dir).await, expected);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

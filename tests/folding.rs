@@ -31,7 +31,15 @@ fn scenario() -> Vec<Value> {
         update(31, "2021-06-01T10:00:00-04:00", "c2", json!({"methods": ["phone"]})),
         update(30, "2021-06-01T14:00:00Z", "c2", json!({"methods": ["online_vote"]})),
         // Contributions: k2 withdrawn before it is submitted; k1 submitted twice (client error).
-        event(50, "contribution.withdrawn", "2021-06-03T10:00:00Z", "MSSS", Some("c1"), None, json!({"contribution_id": "k2", "reason": "moderation"})),
+        event(
+            50,
+            "contribution.withdrawn",
+            "2021-06-03T10:00:00Z",
+            "MSSS",
+            Some("c1"),
+            None,
+            json!({"contribution_id": "k2", "reason": "moderation"}),
+        ),
         contribution(51, "2021-06-02T10:00:00Z", "MSSS", "c1", "p1", "k1", "comment"),
         contribution(52, "2021-06-02T10:00:00Z", "MSSS", "c1", "p2", "k2", "vote"),
         contribution(53, "2021-06-02T11:00:00Z", "MSSS", "c1", "p1", "k1", "comment"),
@@ -112,8 +120,8 @@ fn check_msss(doc: &Value) {
     assert_eq!(doc["targets"][0]["met"], json!(false));
 }
 
-async fn figures_after(events: Vec<Value>, batch: usize) -> (Value, Value, Value, Value) {
-    let server = TestServer::start().await;
+async fn figures_after(backend: Backend, events: Vec<Value>, batch: usize) -> (Value, Value, Value, Value) {
+    let server = TestServer::start_on(backend, &[]).await;
     for chunk in events.chunks(batch) {
         server.ingest(chunk).await;
     }
@@ -125,9 +133,8 @@ async fn figures_after(events: Vec<Value>, batch: usize) -> (Value, Value, Value
     (government, msss, c1, c4)
 }
 
-#[tokio::test]
-async fn scenario_gives_the_exact_figures_of_the_contract() {
-    let (government, msss, c1, c4) = figures_after(scenario(), 1_000).await;
+async fn scenario_gives_the_exact_figures_of_the_contract(backend: Backend) {
+    let (government, msss, c1, c4) = figures_after(backend, scenario(), 1_000).await;
     check_government(&government);
     check_msss(&msss);
     assert_eq!(c1["organization_id"], json!("MSSS"));
@@ -147,20 +154,18 @@ async fn scenario_gives_the_exact_figures_of_the_contract() {
     assert_eq!(c4["contributions_by_kind"]["brief"], json!(1));
 }
 
-#[tokio::test]
-async fn arrival_order_and_batching_do_not_change_any_figure() {
+async fn arrival_order_and_batching_do_not_change_any_figure(backend: Backend) {
     let mut reversed = scenario();
     reversed.reverse();
-    let (government, msss, c1, _) = figures_after(reversed, 7).await;
+    let (government, msss, c1, _) = figures_after(backend, reversed, 7).await;
     check_government(&government);
     check_msss(&msss);
-    let (_, _, expected_c1, _) = figures_after(scenario(), 1_000).await;
+    let (_, _, expected_c1, _) = figures_after(backend, scenario(), 1_000).await;
     assert_eq!(c1, expected_c1);
 }
 
-#[tokio::test]
-async fn unknown_and_malformed_requests_are_answered_as_the_contract_says() {
-    let server = TestServer::start().await;
+async fn unknown_and_malformed_requests_are_answered_as_the_contract_says(backend: Backend) {
+    let server = TestServer::start_on(backend, &[]).await;
     let (status, body) = server.get("/v1/consultations/never-opened", Some(READ_ALL)).await;
     assert_eq!((status, body["error"]["code"].clone()), (StatusCode::NOT_FOUND, json!("not_found")));
     for bad in ["2021-2023", "2021", "21-22", "", "2021-2022x"] {
@@ -180,9 +185,8 @@ async fn unknown_and_malformed_requests_are_answered_as_the_contract_says() {
     assert_eq!(empty["participation"]["contributions_by_kind"]["vote"], json!(0));
 }
 
-#[tokio::test]
-async fn fiscal_years_turn_at_local_midnight_in_edt_and_est() {
-    let server = TestServer::start().await;
+async fn fiscal_years_turn_at_local_midnight_in_edt_and_est(backend: Backend) {
+    let server = TestServer::start_on(backend, &[]).await;
     server
         .ingest(&[
             // 2022: April 1 is in EDT (UTC-4).
@@ -207,3 +211,10 @@ async fn fiscal_years_turn_at_local_midnight_in_edt_and_est() {
     assert_eq!(server.indicators("2022-2023", None).await["satisfaction"]["mean"], json!(1.0));
     assert_eq!(server.indicators("1986-1987", None).await["consultations"]["opened"], json!(1));
 }
+
+on_every_backend!(
+    scenario_gives_the_exact_figures_of_the_contract,
+    arrival_order_and_batching_do_not_change_any_figure,
+    unknown_and_malformed_requests_are_answered_as_the_contract_says,
+    fiscal_years_turn_at_local_midnight_in_edt_and_est,
+);

@@ -28,15 +28,30 @@ fn with(base: &Value, pointer: &str, value: Option<Value>) -> Value {
     e
 }
 
-#[tokio::test]
-async fn every_rule_rejects_its_event_by_field_while_valid_events_are_accepted() {
-    let server = TestServer::start().await;
+async fn every_rule_rejects_its_event_by_field_while_valid_events_are_accepted(backend: Backend) {
+    let server = TestServer::start_on(backend, &[]).await;
     let opened = valid_opened();
     let visit = visit(2, "2021-05-02T10:00:00Z", "MSSS", "c-1", "person-1");
     let contribution = contribution(3, "2021-05-02T10:00:00Z", "MSSS", "c-1", "person-1", "k-1", "comment");
     let feedback = feedback(4, "2021-05-02T10:00:00Z", "MSSS", None, "person-1", 4, Some("plus de délais"));
-    let triage = event(5, "suggestion.triaged", "2021-05-03T10:00:00Z", "SCT", None, None, json!({"feedback_event_id": uuid(4), "status": "planned"}));
-    let withdrawn = event(6, "contribution.withdrawn", "2021-05-03T10:00:00Z", "MSSS", Some("c-1"), None, json!({"contribution_id": "k-1", "reason": "author"}));
+    let triage = event(
+        5,
+        "suggestion.triaged",
+        "2021-05-03T10:00:00Z",
+        "SCT",
+        None,
+        None,
+        json!({"feedback_event_id": uuid(4), "status": "planned"}),
+    );
+    let withdrawn = event(
+        6,
+        "contribution.withdrawn",
+        "2021-05-03T10:00:00Z",
+        "MSSS",
+        Some("c-1"),
+        None,
+        json!({"contribution_id": "k-1", "reason": "author"}),
+    );
     let updated = event(7, "consultation.updated", "2021-05-03T10:00:00Z", "MSSS", Some("c-1"), None, json!({"title_en": "Title"}));
     let far_future = (chrono::Utc::now() + chrono::Duration::hours(25)).to_rfc3339();
     let long = |n: usize| json!("x".repeat(n));
@@ -101,8 +116,22 @@ async fn every_rule_rejects_its_event_by_field_while_valid_events_are_accepted()
         (with(&triage, "/data/feedback_event_id", Some(json!("nope"))), "/data/feedback_event_id"),
         (with(&triage, "/data/status", Some(json!("done"))), "/data/status"),
         (with(&triage, "/participant_id", Some(json!("p"))), "/participant_id"),
-        (event(90, "consultation.cancelled", "2021-05-01T10:00:00Z", "MSSS", Some("c-1"), None, json!({"reason": "x".repeat(501)})), "/data/reason"),
-        (event(91, "consultation.results_published", "2021-05-01T10:00:00Z", "MSSS", Some("c-1"), None, json!({"report_url": "x".repeat(2001)})), "/data/report_url"),
+        (
+            event(90, "consultation.cancelled", "2021-05-01T10:00:00Z", "MSSS", Some("c-1"), None, json!({"reason": "x".repeat(501)})),
+            "/data/reason",
+        ),
+        (
+            event(
+                91,
+                "consultation.results_published",
+                "2021-05-01T10:00:00Z",
+                "MSSS",
+                Some("c-1"),
+                None,
+                json!({"report_url": "x".repeat(2001)}),
+            ),
+            "/data/report_url",
+        ),
         (event(92, "consultation.closed", "2021-05-01T10:00:00Z", "MSSS", Some("c-1"), None, json!({"note": 1})), "/data/note"),
     ];
 
@@ -133,9 +162,8 @@ async fn every_rule_rejects_its_event_by_field_while_valid_events_are_accepted()
     assert_eq!(rejected[2]["event_id"], json!("not-a-uuid"));
 }
 
-#[tokio::test]
-async fn accepts_normalized_events_and_names_every_broken_rule_at_once() {
-    let server = TestServer::start().await;
+async fn accepts_normalized_events_and_names_every_broken_rule_at_once(backend: Backend) {
+    let server = TestServer::start_on(backend, &[]).await;
     let mut upper = valid_opened();
     upper["event_id"] = json!("ABCDEF00-0000-4000-8000-00000000000A");
     upper["occurred_at"] = json!("2021-05-01T10:00:00.123456789-04:00");
@@ -152,9 +180,8 @@ async fn accepts_normalized_events_and_names_every_broken_rule_at_once() {
     }
 }
 
-#[tokio::test]
-async fn takes_ndjson_with_bad_lines_rejected_at_their_index() {
-    let server = TestServer::start().await;
+async fn takes_ndjson_with_bad_lines_rejected_at_their_index(backend: Backend) {
+    let server = TestServer::start_on(backend, &[]).await;
     let body = format!("{}\n{{not json\n\n{}\n", valid_opened(), visit(2, "2021-05-02T10:00:00Z", "MSSS", "c-1", "p"));
     let response = server
         .client
@@ -172,9 +199,8 @@ async fn takes_ndjson_with_bad_lines_rejected_at_their_index() {
     assert!(reply["rejected"][0]["errors"][0].as_str().unwrap().contains("not valid JSON"));
 }
 
-#[tokio::test]
-async fn refuses_bad_bodies_limits_and_tokens_with_json_errors() {
-    let server = TestServer::start().await;
+async fn refuses_bad_bodies_limits_and_tokens_with_json_errors(backend: Backend) {
+    let server = TestServer::start_on(backend, &[]).await;
     let post = |body: String, token: Option<&str>| {
         let mut request = server.client.post(format!("{}/v1/events", server.url)).header("content-type", "application/json").body(body);
         if let Some(token) = token {
@@ -205,12 +231,19 @@ async fn refuses_bad_bodies_limits_and_tokens_with_json_errors() {
     assert_eq!((status, reply), (StatusCode::ACCEPTED, json!({"accepted": 0, "rejected": []})));
 }
 
-#[tokio::test]
-async fn serves_a_schema_per_event_type() {
-    let server = TestServer::start().await;
+async fn serves_a_schema_per_event_type(backend: Backend) {
+    let server = TestServer::start_on(backend, &[]).await;
     let (status, schemas) = server.get("/v1/schemas", None).await;
     assert_eq!(status, StatusCode::OK);
     let types: Vec<&String> = schemas.as_object().unwrap().keys().collect();
     assert_eq!(types.len(), 10);
     assert_eq!(schemas["contribution.submitted"]["properties"]["data"]["properties"]["kind"]["enum"].as_array().unwrap().len(), 5);
 }
+
+on_every_backend!(
+    every_rule_rejects_its_event_by_field_while_valid_events_are_accepted,
+    accepts_normalized_events_and_names_every_broken_rule_at_once,
+    takes_ndjson_with_bad_lines_rejected_at_their_index,
+    refuses_bad_bodies_limits_and_tokens_with_json_errors,
+    serves_a_schema_per_event_type,
+);

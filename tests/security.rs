@@ -8,8 +8,8 @@ use common::*;
 use reqwest::StatusCode;
 use serde_json::json;
 
-async fn loaded() -> TestServer {
-    let server = TestServer::start().await;
+async fn loaded(backend: Backend) -> TestServer {
+    let server = TestServer::start_on(backend, &[]).await;
     server
         .ingest(&[
             opened(1, "2021-05-01T10:00:00Z", "MSSS", "c-msss", "platform", &["online_survey"]),
@@ -23,9 +23,8 @@ async fn loaded() -> TestServer {
     server
 }
 
-#[tokio::test]
-async fn organization_tokens_read_government_and_their_own_figures_only() {
-    let server = loaded().await;
+async fn organization_tokens_read_government_and_their_own_figures_only(backend: Backend) {
+    let server = loaded(backend).await;
     let ok = |path: &'static str| server.get(path, Some(READ_MSSS));
     assert_eq!(ok("/v1/indicators?fiscal_year=2021-2022").await.0, StatusCode::OK);
     assert_eq!(ok("/v1/indicators?fiscal_year=2021-2022&organization_id=MSSS").await.0, StatusCode::OK);
@@ -53,15 +52,12 @@ async fn public_read_serves_without_a_token_only_when_switched_on() {
 
 #[tokio::test]
 async fn no_participant_identifier_is_stored_in_clear() {
-    let server = loaded().await;
-    let dir = server.stop().await;
+    let server = loaded(Backend::Embedded).await;
+    let (dir, _) = server.stop().await;
     let bytes = all_bytes(dir.path());
     assert!(bytes.len() > 10_000, "the data folder should hold the log and the store");
     for identifier in ["marie.tremblay@example.org", "visitor-NAS-123-456-789", "jean.gagnon@example.org"] {
-        assert!(
-            !bytes.windows(identifier.len()).any(|w| w == identifier.as_bytes()),
-            "{identifier} found in clear in the data folder"
-        );
+        assert!(!bytes.windows(identifier.len()).any(|w| w == identifier.as_bytes()), "{identifier} found in clear in the data folder");
     }
     // The pseudonym, on the other hand, is there: HMAC-SHA-256 under the configured key.
     let pseudonym = agora_ingest::Pseudonymizer::new(PSEUDONYM_KEY.as_bytes()).pseudonym("marie.tremblay@example.org");
@@ -70,7 +66,7 @@ async fn no_participant_identifier_is_stored_in_clear() {
 
 #[tokio::test]
 async fn health_and_metrics_need_no_token() {
-    let server = loaded().await;
+    let server = loaded(Backend::Embedded).await;
     assert_eq!(server.get("/health/live", None).await.0, StatusCode::OK);
     let (status, ready) = server.get("/health/ready", None).await;
     assert_eq!((status, ready["status"].clone()), (StatusCode::OK, json!("ready")));
@@ -86,3 +82,5 @@ async fn health_and_metrics_need_no_token() {
     // No personal data in metrics.
     assert!(!metrics.contains("example.org"));
 }
+
+on_every_backend!(organization_tokens_read_government_and_their_own_figures_only);

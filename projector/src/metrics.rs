@@ -11,16 +11,14 @@ pub struct ProjectorMetrics {
     pub lag_events: IntGauge,
     pub batch_seconds: Histogram,
     pub store_errors: IntCounter,
+    pub partitions_owned: IntGauge,
 }
 
 impl ProjectorMetrics {
     /// Creates the metrics and registers them in `registry`.
     pub fn register(registry: &Registry) -> prometheus::Result<Self> {
         let metrics = ProjectorMetrics {
-            events_applied: IntCounter::with_opts(Opts::new(
-                "agora_projector_events_applied_total",
-                "Events folded into the read models",
-            ))?,
+            events_applied: IntCounter::with_opts(Opts::new("agora_projector_events_applied_total", "Events folded into the read models"))?,
             batches_applied: IntCounter::with_opts(Opts::new(
                 "agora_projector_batches_applied_total",
                 "Batches applied to the projection store",
@@ -41,7 +39,12 @@ impl ProjectorMetrics {
                 "agora_projector_backend_errors_total",
                 "Failed attempts to read the log or write the store (retried with back-off)",
             ))?,
+            partitions_owned: IntGauge::with_opts(Opts::new(
+                "agora_projector_partitions_owned",
+                "Log partitions this projector consumes now (1 on the embedded log)",
+            ))?,
         };
+        registry.register(Box::new(metrics.partitions_owned.clone()))?;
         registry.register(Box::new(metrics.events_applied.clone()))?;
         registry.register(Box::new(metrics.batches_applied.clone()))?;
         registry.register(Box::new(metrics.dead_letters.clone()))?;

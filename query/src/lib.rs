@@ -68,7 +68,7 @@ impl QueryState {
     }
 }
 
-/// Indicator documents by (fiscal year, organization), valid while the store's positions
+/// Indicator documents by (fiscal year, organization), valid while the store's version
 /// are the ones they were computed at: figures only change when the projector applies.
 #[derive(Default)]
 struct IndicatorCache {
@@ -138,11 +138,7 @@ async fn record_latency(State(state): State<Arc<QueryState>>, request: Request, 
     let route = request.extensions().get::<MatchedPath>().map(|p| p.as_str().to_owned()).unwrap_or_else(|| "unmatched".into());
     let started = Instant::now();
     let response = next.run(request).await;
-    state
-        .metrics
-        .request_seconds
-        .with_label_values(&[route.as_str(), response.status().as_str()])
-        .observe(started.elapsed().as_secs_f64());
+    state.metrics.request_seconds.with_label_values(&[route.as_str(), response.status().as_str()]).observe(started.elapsed().as_secs_f64());
     response
 }
 
@@ -192,7 +188,8 @@ async fn indicators(
 ) -> Result<Json<Value>, QueryError> {
     let scope = authorize(&state, &headers)?;
     let label = params.fiscal_year.ok_or_else(|| QueryError::BadRequest("fiscal_year is required, such as 2021-2022".into()))?;
-    let fiscal_year: FiscalYear = label.parse().map_err(|e: agora_schemas::fiscal::FiscalYearError| QueryError::BadRequest(e.to_string()))?;
+    let fiscal_year: FiscalYear =
+        label.parse().map_err(|e: agora_schemas::fiscal::FiscalYearError| QueryError::BadRequest(e.to_string()))?;
     let organization_id = params.organization_id.filter(|o| !o.is_empty());
     if let Some(org) = &organization_id {
         check_organization(&scope, org)?;
@@ -203,7 +200,7 @@ async fn indicators(
 /// Returns the indicator document of a fiscal year, from the cache when the store has not
 /// moved since it was computed.
 pub async fn indicator_document(state: &QueryState, fiscal_year: FiscalYear, organization_id: Option<String>) -> Result<Value, QueryError> {
-    let version: i64 = state.store.positions().await?.values().sum();
+    let version = state.store.version().await?;
     let key = (fiscal_year, organization_id.clone());
     if let Some((at, doc)) = state.cache.lock().expect("cache lock").entries.get(&key) {
         if *at == version {
@@ -243,9 +240,14 @@ async fn consultation(
 
 async fn pipeline(State(state): State<Arc<QueryState>>, headers: HeaderMap) -> Result<Json<Value>, QueryError> {
     authorize(&state, &headers)?;
-    let positions = state.store.positions().await?;
-    let ends = state.log.end_positions().await.map_err(|e| QueryError::Unavailable(e.into()))?;
-    let dead_letters = state.store.dead_letter_count().await?;
+    let unavailable = |e: agora_eventlog::LogError| QueryError::Unavailable(e.into());
+    let ends = state.log.end_positions().await.map_err(unavailable)?;
+    // On Kafka the projectors' committed group positions say how far the read models go,
+    // and dead letters live in their own topic; on the embedded log both live in the store.
+    let (positions, dead_letters) = match &state.log {
+        EventLog::Kafka(log) => (log.group_positions().await.map_err(unavailable)?, log.dead_letter_count().await.map_err(unavailable)?),
+        EventLog::Sqlite(_) => (state.store.positions().await?, state.store.dead_letter_count().await?),
+    };
     let lag_events = lag(&ends, &positions);
     Ok(Json(json!({
         "lag_events": lag_events,

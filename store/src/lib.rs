@@ -15,7 +15,16 @@ use agora_schemas::FiscalYear;
 
 pub use changes::{ConsultationField, DeadLetter, RowChange};
 pub use model::{ConsultationFigures, ConsultationView, Figures, RawFigures};
-pub use sqlite::SqliteStore;
+pub use sqlite::{SqliteRebuild, SqliteStore};
+
+/// Aborts the process at a named point when `AGORA_FAILPOINT` names it: the crash tests'
+/// way to die at an exact step (a batch written but not committed, say).
+pub fn fail_point(name: &str) {
+    if std::env::var("AGORA_FAILPOINT").is_ok_and(|v| v == name) {
+        eprintln!("failpoint {name} reached: aborting");
+        std::process::abort();
+    }
+}
 
 /// Failures at the store boundary.
 #[derive(Debug, thiserror::Error)]
@@ -71,6 +80,14 @@ impl Store {
         }
     }
 
+    /// Returns a number that changes whenever the read models change (every applied batch,
+    /// every rebuild): what caches of figures are keyed on.
+    pub async fn version(&self) -> Result<i64, StoreError> {
+        match self {
+            Store::Sqlite(store) => store.version().await,
+        }
+    }
+
     /// Returns how many records have been dead-lettered.
     pub async fn dead_letter_count(&self) -> Result<u64, StoreError> {
         match self {
@@ -78,10 +95,39 @@ impl Store {
         }
     }
 
+    /// Starts rebuilding the read models from nothing; see [`Rebuild`].
+    pub async fn begin_rebuild(&self) -> Result<Rebuild, StoreError> {
+        match self {
+            Store::Sqlite(store) => Ok(Rebuild::Sqlite(store.begin_rebuild().await?)),
+        }
+    }
+
     /// Returns the backend's name, for logs and metrics.
     pub fn backend(&self) -> &'static str {
         match self {
             Store::Sqlite(_) => "sqlite",
+        }
+    }
+}
+
+/// Read models being rebuilt from the log. Until [`Rebuild::commit`], the query role keeps
+/// serving the old figures; after it, the rebuilt ones, with no partial state in between.
+pub enum Rebuild {
+    Sqlite(SqliteRebuild),
+}
+
+impl Rebuild {
+    /// Applies a batch to the read models being rebuilt.
+    pub async fn apply(&mut self, changes: Vec<RowChange>, dead_letters: Vec<DeadLetter>) -> Result<(), StoreError> {
+        match self {
+            Rebuild::Sqlite(rebuild) => rebuild.apply(changes, dead_letters).await,
+        }
+    }
+
+    /// Records the log positions the rebuild reached and switches readers to it.
+    pub async fn commit(self, positions: Positions) -> Result<(), StoreError> {
+        match self {
+            Rebuild::Sqlite(rebuild) => rebuild.commit(positions).await,
         }
     }
 }

@@ -23,9 +23,10 @@ pub const FILE_NAME: &str = "store.sqlite";
 const READERS: usize = 4;
 
 /// Versioned DDL, applied in order and recorded in `schema_migrations`.
-const MIGRATIONS: &[(i64, &str)] = &[(
-    1,
-    "CREATE TABLE log_positions (
+const MIGRATIONS: &[(i64, &str)] = &[
+    (
+        1,
+        "CREATE TABLE log_positions (
         partition INTEGER PRIMARY KEY,
         next_offset INTEGER NOT NULL
     );
@@ -117,7 +118,14 @@ const MIGRATIONS: &[(i64, &str)] = &[(
         payload BLOB NOT NULL,
         PRIMARY KEY (partition, offset)
     );",
-)];
+    ),
+    (
+        2,
+        "-- Bumped by every applied batch and rebuild: what the query role's cache is keyed on.
+        CREATE TABLE store_version (id INTEGER PRIMARY KEY CHECK (id = 1), version INTEGER NOT NULL);
+        INSERT INTO store_version (id, version) VALUES (1, 0);",
+    ),
+];
 
 /// The consultations of a fiscal year that count (opened, not cancelled), optionally for
 /// one organization: `?1` fiscal year, `?2` organization or NULL.
@@ -154,7 +162,12 @@ impl SqliteStore {
         &self.inner.path
     }
 
-    pub(crate) async fn apply(&self, changes: Vec<RowChange>, dead_letters: Vec<DeadLetter>, positions: Positions) -> Result<(), StoreError> {
+    pub(crate) async fn apply(
+        &self,
+        changes: Vec<RowChange>,
+        dead_letters: Vec<DeadLetter>,
+        positions: Positions,
+    ) -> Result<(), StoreError> {
         let inner = self.inner.clone();
         run_blocking(move || {
             let mut conn = inner.writer.lock().expect("store writer lock");
@@ -162,20 +175,9 @@ impl SqliteStore {
             for change in &changes {
                 apply_change(&tx, change)?;
             }
-            for letter in &dead_letters {
-                tx.prepare_cached(
-                    "INSERT OR IGNORE INTO dead_letters (partition, offset, reason, payload) VALUES (?1, ?2, ?3, ?4)",
-                )?
-                .execute(params![letter.partition, letter.offset, letter.reason, letter.payload])?;
-            }
-            for (partition, next_offset) in &positions {
-                tx.prepare_cached(
-                    "INSERT INTO log_positions (partition, next_offset) VALUES (?1, ?2)
-                     ON CONFLICT (partition) DO UPDATE SET next_offset = excluded.next_offset",
-                )?
-                .execute(params![partition, next_offset])?;
-            }
-            fail_point("store.before_commit");
+            insert_dead_letters(&tx, &dead_letters)?;
+            save_positions(&tx, &positions)?;
+            crate::fail_point("store.before_commit");
             tx.commit().context("failed to commit batch")?;
             Ok(())
         })
@@ -189,6 +191,10 @@ impl SqliteStore {
             Ok(rows.collect::<Result<Positions, _>>()?)
         })
         .await
+    }
+
+    pub(crate) async fn version(&self) -> Result<i64, StoreError> {
+        self.read(|conn| Ok(conn.prepare_cached("SELECT version FROM store_version WHERE id = 1")?.query_row([], |r| r.get(0))?)).await
     }
 
     pub(crate) async fn dead_letter_count(&self) -> Result<u64, StoreError> {
@@ -215,6 +221,72 @@ impl SqliteStore {
         self.read(move |conn| consultation(conn, &consultation_id)).await
     }
 
+    /// Starts rebuilding the read models: a dedicated connection takes the write lock, empties
+    /// every read-model table and applies what [`SqliteRebuild::apply`] sends, all in one
+    /// transaction. Readers keep seeing the old figures until [`SqliteRebuild::commit`], then
+    /// the new ones: never a partial state. Live projectors wait (and retry) meanwhile.
+    pub(crate) async fn begin_rebuild(&self) -> Result<SqliteRebuild, StoreError> {
+        let path = self.inner.path.clone();
+        let (ops, incoming) = std::sync::mpsc::sync_channel::<RebuildOp>(2);
+        let (started_tx, started) = tokio::sync::oneshot::channel::<anyhow::Result<()>>();
+        let (done_tx, done) = tokio::sync::oneshot::channel::<anyhow::Result<()>>();
+        std::thread::Builder::new()
+            .name("agora-store-rebuild".into())
+            .spawn(move || {
+                let mut conn = match connect(&path) {
+                    Ok(conn) => conn,
+                    Err(error) => {
+                        let _ = started_tx.send(Err(error));
+                        return;
+                    }
+                };
+                let begun = conn
+                    .transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)
+                    .context("failed to take the store's write lock for a rebuild")
+                    .and_then(|tx| {
+                        tx.execute_batch(
+                            "DELETE FROM consultations; DELETE FROM consultation_fields; DELETE FROM contributions;
+                             DELETE FROM withdrawals; DELETE FROM visits; DELETE FROM feedback; DELETE FROM triage;
+                             DELETE FROM suggestion_texts; DELETE FROM dead_letters; DELETE FROM log_positions;",
+                        )
+                        .context("failed to empty the read models")?;
+                        Ok(tx)
+                    });
+                let tx = match begun {
+                    Ok(tx) => {
+                        let _ = started_tx.send(Ok(()));
+                        tx
+                    }
+                    Err(error) => {
+                        let _ = started_tx.send(Err(error));
+                        return;
+                    }
+                };
+                let outcome = (|| -> anyhow::Result<()> {
+                    while let Ok(op) = incoming.recv() {
+                        match op {
+                            RebuildOp::Apply(changes, dead_letters) => {
+                                for change in &changes {
+                                    apply_change(&tx, change)?;
+                                }
+                                insert_dead_letters(&tx, &dead_letters)?;
+                            }
+                            RebuildOp::Commit(positions) => {
+                                save_positions(&tx, &positions)?;
+                                tx.commit().context("failed to commit the rebuild")?;
+                                return Ok(());
+                            }
+                        }
+                    }
+                    Err(anyhow::anyhow!("rebuild abandoned before its commit; the old read models stay"))
+                })();
+                let _ = done_tx.send(outcome);
+            })
+            .context("failed to start the rebuild thread")?;
+        started.await.map_err(|_| StoreError::Unexpected(anyhow::anyhow!("rebuild thread died")))?.map_err(StoreError::Unavailable)?;
+        Ok(SqliteRebuild { ops, done })
+    }
+
     /// Runs a read on one of the reader connections, off the async runtime.
     async fn read<T: Send + 'static>(&self, work: impl FnOnce(&Connection) -> anyhow::Result<T> + Send + 'static) -> Result<T, StoreError> {
         let inner = self.inner.clone();
@@ -227,13 +299,62 @@ impl SqliteStore {
     }
 }
 
-/// Aborts the process at a named point when `AGORA_FAILPOINT` names it: the crash tests'
-/// way to die at an exact step (here, with a batch written but not committed).
-fn fail_point(name: &str) {
-    if std::env::var("AGORA_FAILPOINT").is_ok_and(|v| v == name) {
-        eprintln!("failpoint {name} reached: aborting");
-        std::process::abort();
+/// A rebuild in progress; see [`SqliteStore::begin_rebuild`]. Dropped without a commit, it
+/// rolls back and the old read models stay.
+pub struct SqliteRebuild {
+    ops: std::sync::mpsc::SyncSender<RebuildOp>,
+    done: tokio::sync::oneshot::Receiver<anyhow::Result<()>>,
+}
+
+enum RebuildOp {
+    Apply(Vec<RowChange>, Vec<DeadLetter>),
+    Commit(Positions),
+}
+
+impl SqliteRebuild {
+    /// Applies a batch inside the rebuild's transaction.
+    pub(crate) async fn apply(&mut self, changes: Vec<RowChange>, dead_letters: Vec<DeadLetter>) -> Result<(), StoreError> {
+        self.send(RebuildOp::Apply(changes, dead_letters)).await
     }
+
+    /// Records `positions` and commits: the rebuilt read models replace the old ones at once.
+    pub(crate) async fn commit(mut self, positions: Positions) -> Result<(), StoreError> {
+        self.send(RebuildOp::Commit(positions)).await?;
+        (&mut self.done).await.map_err(|_| StoreError::Unexpected(anyhow::anyhow!("rebuild thread died")))?.map_err(StoreError::Unexpected)
+    }
+
+    async fn send(&mut self, op: RebuildOp) -> Result<(), StoreError> {
+        let ops = self.ops.clone();
+        let sent = tokio::task::spawn_blocking(move || ops.send(op).is_ok()).await.unwrap_or(false);
+        if sent {
+            return Ok(());
+        }
+        // The thread stopped: its own error says why.
+        match (&mut self.done).await {
+            Ok(Err(error)) => Err(StoreError::Unexpected(error)),
+            _ => Err(StoreError::Unexpected(anyhow::anyhow!("rebuild thread died"))),
+        }
+    }
+}
+
+fn insert_dead_letters(tx: &Transaction<'_>, dead_letters: &[DeadLetter]) -> anyhow::Result<()> {
+    for letter in dead_letters {
+        tx.prepare_cached("INSERT OR IGNORE INTO dead_letters (partition, offset, reason, payload) VALUES (?1, ?2, ?3, ?4)")?
+            .execute(params![letter.partition, letter.offset, letter.reason, letter.payload])?;
+    }
+    Ok(())
+}
+
+fn save_positions(tx: &Transaction<'_>, positions: &Positions) -> anyhow::Result<()> {
+    tx.prepare_cached("UPDATE store_version SET version = version + 1 WHERE id = 1")?.execute([])?;
+    for (partition, next_offset) in positions {
+        tx.prepare_cached(
+            "INSERT INTO log_positions (partition, next_offset) VALUES (?1, ?2)
+             ON CONFLICT (partition) DO UPDATE SET next_offset = excluded.next_offset",
+        )?
+        .execute(params![partition, next_offset])?;
+    }
+    Ok(())
 }
 
 fn connect(path: &Path) -> anyhow::Result<Connection> {
@@ -266,7 +387,18 @@ fn migrate(conn: &mut Connection) -> anyhow::Result<()> {
 
 fn apply_change(tx: &Transaction<'_>, change: &RowChange) -> anyhow::Result<()> {
     match change {
-        RowChange::Opening { consultation_id, organization_id, at_ms, event_id, fiscal_year, title_fr, title_en, hosted_on, methods, digital } => {
+        RowChange::Opening {
+            consultation_id,
+            organization_id,
+            at_ms,
+            event_id,
+            fiscal_year,
+            title_fr,
+            title_en,
+            hosted_on,
+            methods,
+            digital,
+        } => {
             tx.prepare_cached(
                 "INSERT INTO consultations (consultation_id, organization_id, opened_at_ms, opened_event_id, fiscal_year,
                      title_fr, title_en, hosted_on, methods, digital)
@@ -352,7 +484,16 @@ fn apply_change(tx: &Transaction<'_>, change: &RowChange) -> anyhow::Result<()> 
                      has_suggestion = excluded.has_suggestion, at_ms = excluded.at_ms, event_id = excluded.event_id
                  WHERE (excluded.at_ms, excluded.event_id) > (feedback.at_ms, feedback.event_id)",
             )?
-            .execute(params![participant, scope, fiscal_year.start_year(), organization_id, satisfaction, has_suggestion, at_ms, event_id])?;
+            .execute(params![
+                participant,
+                scope,
+                fiscal_year.start_year(),
+                organization_id,
+                satisfaction,
+                has_suggestion,
+                at_ms,
+                event_id
+            ])?;
         }
         RowChange::SuggestionText { feedback_event_id, text } => {
             tx.prepare_cached("INSERT OR IGNORE INTO suggestion_texts (feedback_event_id, text) VALUES (?1, ?2)")?
@@ -489,7 +630,14 @@ fn consultation(conn: &Connection, consultation_id: &str) -> anyhow::Result<Opti
         consultation_id: consultation_id.to_owned(),
         organization_id,
         fiscal_year: FiscalYear::starting_in(fiscal_year),
-        status: if cancelled { "cancelled" } else if closed { "closed" } else { "open" }.to_owned(),
+        status: if cancelled {
+            "cancelled"
+        } else if closed {
+            "closed"
+        } else {
+            "open"
+        }
+        .to_owned(),
         title_fr,
         title_en,
         hosted_on,

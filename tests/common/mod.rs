@@ -2,6 +2,8 @@
 //! an HTTP client for it, and builders of contract events.
 #![allow(dead_code)]
 
+pub mod services;
+
 use std::collections::HashMap;
 use std::path::Path;
 use std::time::Duration;
@@ -13,6 +15,19 @@ use serde_json::{json, Value};
 use tempfile::TempDir;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
+
+#[allow(unused_imports)]
+pub use services::{free_port, Backend, Broker, ClickHouse, Services};
+
+/// Generates one `#[tokio::test]` per backend for each named `async fn(Backend)`, in modules
+/// `embedded`, `kafka` and `kafka_clickhouse`: the contract suite runs on every backend.
+#[macro_export]
+macro_rules! on_every_backend {
+    ($($name:ident),* $(,)?) => {
+        mod embedded { $( #[tokio::test(flavor = "multi_thread", worker_threads = 2)] async fn $name() { super::$name(super::common::Backend::Embedded).await } )* }
+        mod kafka { $( #[tokio::test(flavor = "multi_thread", worker_threads = 2)] async fn $name() { super::$name(super::common::Backend::Kafka).await } )* }
+    };
+}
 
 pub const INGEST_TOKEN: &str = "ingest-secret";
 pub const READ_ALL: &str = "read-all-secret";
@@ -40,6 +55,7 @@ pub fn test_env(extra: &[(&str, &str)]) -> HashMap<String, String> {
 pub struct TestServer {
     pub url: String,
     pub dir: TempDir,
+    pub services: Services,
     shutdown: CancellationToken,
     handle: Option<tokio::task::JoinHandle<anyhow::Result<()>>>,
     pub client: reqwest::Client,
@@ -51,27 +67,41 @@ impl TestServer {
     }
 
     pub async fn start_with(extra: &[(&str, &str)]) -> Self {
-        let dir = tempfile::tempdir().unwrap();
-        Self::start_in(dir, Roles::ALL, extra).await
+        Self::start_on(Backend::Embedded, extra).await
+    }
+
+    /// Starts every role on `backend`, with private services started for it.
+    pub async fn start_on(backend: Backend, extra: &[(&str, &str)]) -> Self {
+        let services = tokio::task::spawn_blocking(move || Services::start(backend)).await.unwrap();
+        Self::launch(tempfile::tempdir().unwrap(), Roles::ALL, services, extra).await
     }
 
     pub async fn start_in(dir: TempDir, roles: Roles, extra: &[(&str, &str)]) -> Self {
-        let vars = test_env(extra);
-        let config = Config::load(Some("127.0.0.1:0".parse().unwrap()), Some(dir.path().to_path_buf()), |name| vars.get(name).cloned()).unwrap();
-        let backends = open_backends(&config).unwrap();
+        Self::launch(dir, roles, Services::default(), extra).await
+    }
+
+    /// Starts `roles` over `dir` and `services`.
+    pub async fn launch(dir: TempDir, roles: Roles, services: Services, extra: &[(&str, &str)]) -> Self {
+        let service_env = services.env();
+        let mut all: Vec<(&str, &str)> = service_env.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
+        all.extend_from_slice(extra);
+        let vars = test_env(&all);
+        let config =
+            Config::load(Some("127.0.0.1:0".parse().unwrap()), Some(dir.path().to_path_buf()), |name| vars.get(name).cloned()).unwrap();
+        let backends = open_backends(&config).await.unwrap();
         let listener = TcpListener::bind(config.listen).await.unwrap();
         let url = format!("http://{}", listener.local_addr().unwrap());
         let shutdown = CancellationToken::new();
         let handle = tokio::spawn(run(config, roles, backends, listener, shutdown.clone()));
-        TestServer { url, dir, shutdown, handle: Some(handle), client: reqwest::Client::new() }
+        TestServer { url, dir, services, shutdown, handle: Some(handle), client: reqwest::Client::new() }
     }
 
-    /// Stops the server, waiting for its drain, and returns its data folder.
-    pub async fn stop(mut self) -> TempDir {
+    /// Stops the server, waiting for its drain, and returns its data folder and services.
+    pub async fn stop(mut self) -> (TempDir, Services) {
         self.shutdown.cancel();
         self.handle.take().unwrap().await.unwrap().unwrap();
         let dir = tempfile::tempdir().unwrap();
-        std::mem::replace(&mut self.dir, dir)
+        (std::mem::replace(&mut self.dir, dir), std::mem::take(&mut self.services))
     }
 
     pub async fn post_events(&self, body: &Value) -> (StatusCode, Value) {
@@ -121,10 +151,67 @@ impl Drop for TestServer {
     }
 }
 
+/// Fiscal years of the synthetic history.
+pub const FISCAL_YEARS: &[&str] = &["2021-2022", "2022-2023", "2023-2024", "2024-2025", "2025-2026", "2026-2027"];
+
+/// Every indicator document of the synthetic history, for all of government and three
+/// bodies: what crash and backend tests compare.
+pub async fn all_figures(server: &TestServer) -> Vec<Value> {
+    let mut documents = Vec::new();
+    for fy in FISCAL_YEARS {
+        for org in [None, Some("MSSS"), Some("MCC"), Some("SCT")] {
+            documents.push(server.indicators(fy, org).await);
+        }
+    }
+    documents
+}
+
+/// Starts the real `agora` binary with `args` over `dir`, with the test environment plus
+/// `extra`, listening on `listen` (port 0 when `None`).
+pub fn spawn_agora(args: &[&str], dir: &Path, listen: Option<u16>, extra: &[(&str, &str)]) -> AgoraProcess {
+    let mut command = std::process::Command::new(env!("CARGO_BIN_EXE_agora"));
+    let listen = format!("127.0.0.1:{}", listen.unwrap_or(0));
+    command.args(args).arg("--data-dir").arg(dir).arg("--listen").arg(listen);
+    command
+        .envs(test_env(extra))
+        .env("AGORA_LOG", "warn")
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::inherit());
+    AgoraProcess(command.spawn().unwrap())
+}
+
+/// A child `agora` process, killed when dropped so a failing test leaves none behind.
+pub struct AgoraProcess(pub std::process::Child);
+
+impl std::ops::Deref for AgoraProcess {
+    type Target = std::process::Child;
+    fn deref(&self) -> &Self::Target {
+        &self.0
+    }
+}
+
+impl std::ops::DerefMut for AgoraProcess {
+    fn deref_mut(&mut self) -> &mut Self::Target {
+        &mut self.0
+    }
+}
+
+impl Drop for AgoraProcess {
+    fn drop(&mut self) {
+        if let Ok(None) = self.0.try_wait() {
+            let _ = self.0.kill();
+            let _ = self.0.wait();
+        }
+    }
+}
+
 /// Polls `/v1/pipeline` of the query role at `url` until `lag_events` is 0.
 pub async fn wait_caught_up(client: &reqwest::Client, url: &str) {
     let caught_up = wait_until(Duration::from_secs(60), || async {
-        let Ok(response) = client.get(format!("{url}/v1/pipeline")).bearer_auth(READ_ALL).send().await else { return false };
+        let Ok(response) = client.get(format!("{url}/v1/pipeline")).bearer_auth(READ_ALL).send().await else {
+            return false;
+        };
         let body: Value = response.json().await.unwrap_or(Value::Null);
         body["lag_events"] == json!(0)
     })
@@ -171,18 +258,42 @@ pub fn event(n: u64, kind: &str, at: &str, org: &str, consultation: Option<&str>
 }
 
 pub fn opened(n: u64, at: &str, org: &str, consultation: &str, hosted_on: &str, methods: &[&str]) -> Value {
-    event(n, "consultation.opened", at, org, Some(consultation), None, json!({"title_fr": "Titre", "hosted_on": hosted_on, "methods": methods}))
+    event(
+        n,
+        "consultation.opened",
+        at,
+        org,
+        Some(consultation),
+        None,
+        json!({"title_fr": "Titre", "hosted_on": hosted_on, "methods": methods}),
+    )
 }
 
 pub fn contribution(n: u64, at: &str, org: &str, consultation: &str, participant: &str, contribution_id: &str, kind: &str) -> Value {
-    event(n, "contribution.submitted", at, org, Some(consultation), Some(participant), json!({"contribution_id": contribution_id, "kind": kind}))
+    event(
+        n,
+        "contribution.submitted",
+        at,
+        org,
+        Some(consultation),
+        Some(participant),
+        json!({"contribution_id": contribution_id, "kind": kind}),
+    )
 }
 
 pub fn visit(n: u64, at: &str, org: &str, consultation: &str, participant: &str) -> Value {
     event(n, "participant.visited", at, org, Some(consultation), Some(participant), json!({"channel": "web"}))
 }
 
-pub fn feedback(n: u64, at: &str, org: &str, consultation: Option<&str>, participant: &str, satisfaction: u8, suggestion: Option<&str>) -> Value {
+pub fn feedback(
+    n: u64,
+    at: &str,
+    org: &str,
+    consultation: Option<&str>,
+    participant: &str,
+    satisfaction: u8,
+    suggestion: Option<&str>,
+) -> Value {
     let mut data = json!({"satisfaction": satisfaction});
     if let Some(s) = suggestion {
         data["suggestion"] = json!(s);
@@ -202,4 +313,26 @@ pub fn all_bytes(dir: &Path) -> Vec<u8> {
         }
     }
     bytes
+}
+
+/// Returns the Kafka settings a test server gets from `services`, for tests that talk to the
+/// broker themselves (positions, dead letters, raw records).
+pub fn kafka_settings(services: &Services) -> agora_eventlog::KafkaSettings {
+    let env: HashMap<String, String> = services.env().into_iter().collect();
+    let config = Config::load(None, None, |name| env.get(name).cloned()).unwrap();
+    match config.log_backend {
+        agora::config::LogBackend::Kafka(settings) => settings,
+        agora::config::LogBackend::Embedded => panic!("these services have no broker"),
+    }
+}
+
+/// Sums positions over partitions.
+pub fn total(positions: &agora_eventlog::Positions) -> i64 {
+    positions.values().sum()
+}
+
+/// Reads one gauge or counter without labels from a `/metrics` page.
+pub async fn metric(client: &reqwest::Client, url: &str, name: &str) -> Option<f64> {
+    let text = client.get(format!("{url}/metrics")).send().await.ok()?.text().await.ok()?;
+    text.lines().find_map(|line| line.strip_prefix(name)?.strip_prefix(' ')?.trim().parse().ok())
 }
