@@ -114,7 +114,7 @@ async fn main() -> anyhow::Result<()> {
     let started = Instant::now();
     let mut consumed = 0;
     while consumed < total {
-        if let Some(message) = consumer.poll(Duration::from_secs(10)) {
+        if let Some(message) = consumer.poll(Duration::from_secs(60)) {
             message?;
             consumed += 1;
         } else {

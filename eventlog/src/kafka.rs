@@ -132,6 +132,8 @@ impl KafkaLog {
                     .set("group.id", "agora-end-probe")
                     .set("enable.auto.commit", "false")
                     .set("enable.partition.eof", "true")
+                    // End-of-file comes with an empty fetch: do not let the broker hold it.
+                    .set("fetch.wait.max.ms", "1")
                     .create_with_context(ProbeContext)
                     .context("failed to create a kafka end prober")?,
             ))

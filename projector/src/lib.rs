@@ -153,7 +153,21 @@ impl Projector {
     async fn run_group(self, log: KafkaLog, shutdown: CancellationToken) -> anyhow::Result<()> {
         let consumer = log.group_consumer()?;
         let mut backoff = self.config.initial_backoff;
-        let mut lag_checked: Option<Instant> = None;
+        // Lag is measured beside the loop, so broker round trips never delay consumption.
+        let lag_task = {
+            let (log, gauge, stop) = (log.clone(), self.metrics.lag_events.clone(), shutdown.clone());
+            tokio::spawn(async move {
+                while !stop.is_cancelled() {
+                    if let (Ok(ends), Ok(committed)) = (log.end_positions().await, log.group_positions().await) {
+                        gauge.set(lag(&ends, &committed) as i64);
+                    }
+                    tokio::select! {
+                        _ = tokio::time::sleep(Duration::from_secs(1)) => {}
+                        _ = stop.cancelled() => {}
+                    }
+                }
+            })
+        };
         while !shutdown.is_cancelled() {
             let batch = tokio::select! {
                 batch = consumer.next_batch(self.config.batch_size, self.config.poll_interval) => batch,
@@ -177,13 +191,8 @@ impl Projector {
                 }
             }
             self.metrics.partitions_owned.set(consumer.owned().len() as i64);
-            if lag_checked.is_none_or(|at| at.elapsed() >= Duration::from_secs(1)) {
-                lag_checked = Some(Instant::now());
-                if let (Ok(ends), Ok(committed)) = (log.end_positions().await, log.group_positions().await) {
-                    self.metrics.lag_events.set(lag(&ends, &committed) as i64);
-                }
-            }
         }
+        lag_task.abort();
         consumer.leave();
         info!("projector stopped");
         Ok(())
