@@ -84,6 +84,7 @@ pub fn router(state: Arc<QueryState>) -> Router {
         .route("/v1/indicators", get(indicators))
         .route("/v1/consultations/{consultation_id}", get(consultation))
         .route("/v1/pipeline", get(pipeline))
+        .route("/v1/openapi.json", get(openapi))
         .layer(middleware::from_fn_with_state(state.clone(), record_latency))
         .with_state(state)
 }
@@ -257,6 +258,12 @@ async fn pipeline(State(state): State<Arc<QueryState>>, headers: HeaderMap) -> R
         "dead_letters": dead_letters,
         "checked_at": chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Millis, true),
     })))
+}
+
+/// Serves the OpenAPI 3 description of every route (all roles); `tests/openapi.rs` checks it
+/// against the real router.
+async fn openapi() -> impl axum::response::IntoResponse {
+    ([(axum::http::header::CONTENT_TYPE, "application/json")], include_str!("../assets/openapi.json"))
 }
 
 async fn dashboard() -> Html<&'static str> {
