@@ -373,7 +373,10 @@ fn migrate(conn: &mut Connection) -> anyhow::Result<()> {
         "CREATE TABLE IF NOT EXISTS schema_migrations (version INTEGER PRIMARY KEY, applied_at TEXT NOT NULL DEFAULT (datetime('now')))",
     )?;
     for (version, ddl) in MIGRATIONS {
-        let tx = conn.transaction()?;
+        // IMMEDIATE: the write lock is taken (waiting out the busy timeout) before reading
+        // the version, so processes starting together on a fresh store migrate one at a time
+        // instead of failing on a deferred lock upgrade.
+        let tx = conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
         let applied: Option<i64> =
             tx.query_row("SELECT version FROM schema_migrations WHERE version = ?1", [version], |r| r.get(0)).optional()?;
         if applied.is_none() {
@@ -656,4 +659,30 @@ async fn run_blocking<T: Send + 'static>(work: impl FnOnce() -> anyhow::Result<T
         .await
         .map_err(|e| StoreError::Unexpected(anyhow::anyhow!("store task failed: {e}")))?
         .map_err(StoreError::Unavailable)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn processes_opening_a_fresh_store_together_all_migrate_it() {
+        let dir = tempfile::tempdir().unwrap();
+        let barrier = Arc::new(std::sync::Barrier::new(4));
+        let openers: Vec<_> = (0..4)
+            .map(|_| {
+                let (path, barrier) = (dir.path().to_path_buf(), barrier.clone());
+                std::thread::spawn(move || {
+                    barrier.wait();
+                    SqliteStore::open(&path).map(|_| ()).map_err(|e| format!("{e:#}"))
+                })
+            })
+            .collect();
+        for opener in openers {
+            assert_eq!(opener.join().unwrap(), Ok(()));
+        }
+        let conn = Connection::open(dir.path().join(FILE_NAME)).unwrap();
+        let versions: i64 = conn.query_row("SELECT count(*) FROM schema_migrations", [], |r| r.get(0)).unwrap();
+        assert_eq!(versions, MIGRATIONS.len() as i64);
+    }
 }
