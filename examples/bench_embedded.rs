@@ -9,10 +9,9 @@ use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use agora::synth::{generate, SynthOptions};
-use serde_json::Value;
 
-const INGEST: &str = "bench-ingest";
-const READ: &str = "bench-read";
+mod common;
+use common::{free_port, pct, peak_rss, post_all, wait_caught_up, INGEST, READ};
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
@@ -33,7 +32,7 @@ async fn main() -> anyhow::Result<()> {
     drop(events);
 
     let dir = tempfile::tempdir()?;
-    let port = std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?.port();
+    let port = free_port()?;
     let url = format!("http://127.0.0.1:{port}");
     let mut server = Command::new(&binary)
         .args(["serve", "--listen", &format!("127.0.0.1:{port}"), "--data-dir"])
@@ -51,39 +50,9 @@ async fn main() -> anyhow::Result<()> {
 
     eprintln!("posting {total} events in {} batches of {batch}, {concurrency} at a time", bodies.len());
     let started = Instant::now();
-    let semaphore = std::sync::Arc::new(tokio::sync::Semaphore::new(concurrency));
-    let mut tasks = Vec::new();
-    for body in bodies {
-        let permit = semaphore.clone().acquire_owned().await?;
-        let client = client.clone();
-        let endpoint = format!("{url}/v1/events");
-        tasks.push(tokio::spawn(async move {
-            let sent = Instant::now();
-            let response = client
-                .post(endpoint)
-                .bearer_auth(INGEST)
-                .header("content-type", "application/x-ndjson")
-                .body(body)
-                .send()
-                .await
-                .expect("post");
-            assert_eq!(response.status(), 202);
-            drop(permit);
-            sent.elapsed()
-        }));
-    }
-    let mut post_latencies = Vec::new();
-    for task in tasks {
-        post_latencies.push(task.await?);
-    }
+    let mut post_latencies = post_all(&client, &url, bodies, concurrency).await?;
     let ingested = started.elapsed();
-    loop {
-        let pipeline: Value = client.get(format!("{url}/v1/pipeline")).bearer_auth(READ).send().await?.json().await?;
-        if pipeline["lag_events"] == 0 {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
+    wait_caught_up(&client, &url).await?;
     let projected = started.elapsed();
 
     let mut keys = Vec::new();
@@ -112,8 +81,7 @@ async fn main() -> anyhow::Result<()> {
         response.bytes().await?;
         warm.push(t.elapsed());
     }
-    let status = std::fs::read_to_string(format!("/proc/{}/status", server.id())).unwrap_or_default();
-    let peak_rss = status.lines().find(|l| l.starts_with("VmHWM")).unwrap_or("VmHWM: unknown").to_owned();
+    let peak_rss = peak_rss(&server);
     server.kill()?;
     server.wait()?;
 
@@ -128,12 +96,6 @@ async fn main() -> anyhow::Result<()> {
         cold.len()
     );
     println!("indicators, cached:      p50 {:.2} ms, p99 {:.2} ms ({} calls)", pct(&mut warm, 0.50), pct(&mut warm, 0.99), warm.len());
-    println!("agora serve peak RSS:    {}", peak_rss.split_whitespace().skip(1).collect::<Vec<_>>().join(" "));
+    println!("agora serve peak RSS:    {peak_rss}");
     Ok(())
-}
-
-fn pct(samples: &mut [Duration], q: f64) -> f64 {
-    samples.sort_unstable();
-    let i = ((samples.len() as f64 - 1.0) * q).round() as usize;
-    samples[i].as_secs_f64() * 1_000.0
 }

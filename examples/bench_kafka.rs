@@ -20,10 +20,10 @@ use rdkafka::client::DefaultClientContext;
 use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::producer::{FutureProducer, FutureRecord};
 use rdkafka::{ClientConfig, Offset, TopicPartitionList};
-use serde_json::Value;
 
-const INGEST: &str = "bench-ingest";
-const READ: &str = "bench-read";
+mod common;
+use common::{free_port, pct, peak_rss, post_all, wait_caught_up, INGEST, READ};
+
 const PARTITIONS: i32 = 6;
 
 #[tokio::main]
@@ -146,39 +146,9 @@ async fn main() -> anyhow::Result<()> {
     }
     eprintln!("agora: posting {total} events in {} batches of {batch}, {concurrency} at a time", bodies.len());
     let started = Instant::now();
-    let semaphore = std::sync::Arc::new(tokio::sync::Semaphore::new(concurrency));
-    let mut tasks = Vec::new();
-    for body in bodies {
-        let permit = semaphore.clone().acquire_owned().await?;
-        let client = client.clone();
-        let endpoint = format!("{url}/v1/events");
-        tasks.push(tokio::spawn(async move {
-            let sent = Instant::now();
-            let response = client
-                .post(endpoint)
-                .bearer_auth(INGEST)
-                .header("content-type", "application/x-ndjson")
-                .body(body)
-                .send()
-                .await
-                .expect("post");
-            assert_eq!(response.status(), 202);
-            drop(permit);
-            sent.elapsed()
-        }));
-    }
-    let mut post_latencies = Vec::new();
-    for task in tasks {
-        post_latencies.push(task.await?);
-    }
+    let mut post_latencies = post_all(&client, &url, bodies, concurrency).await?;
     let ingested = started.elapsed();
-    loop {
-        let pipeline: Value = client.get(format!("{url}/v1/pipeline")).bearer_auth(READ).send().await?.json().await?;
-        if pipeline["lag_events"] == 0 {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    wait_caught_up(&client, &url).await?;
     let projected = started.elapsed();
     let peak_rss = peak_rss(&server);
     stop(&mut server);
@@ -202,22 +172,7 @@ async fn main() -> anyhow::Result<()> {
     Ok(())
 }
 
-fn free_port() -> anyhow::Result<u16> {
-    Ok(std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
-}
-
-fn peak_rss(child: &Child) -> String {
-    let status = std::fs::read_to_string(format!("/proc/{}/status", child.id())).unwrap_or_default();
-    status.lines().find(|l| l.starts_with("VmHWM")).map(|l| l.split_whitespace().skip(1).collect::<Vec<_>>().join(" ")).unwrap_or_default()
-}
-
 fn stop(child: &mut Child) {
     let _ = child.kill();
     let _ = child.wait();
-}
-
-fn pct(samples: &mut [Duration], q: f64) -> f64 {
-    samples.sort_unstable();
-    let i = ((samples.len() as f64 - 1.0) * q).round() as usize;
-    samples[i].as_secs_f64() * 1_000.0
 }

@@ -15,7 +15,6 @@
 //! - Topics are created when missing, with a configurable partition count.
 
 use std::collections::BTreeSet;
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Duration, Instant};
 
@@ -145,11 +144,6 @@ impl KafkaLog {
         };
         log.ensure_topics().await?;
         Ok(log)
-    }
-
-    /// Returns the settings this log was opened with.
-    pub fn settings(&self) -> &KafkaSettings {
-        &self.inner.settings
     }
 
     async fn ensure_topics(&self) -> anyhow::Result<()> {
@@ -397,7 +391,7 @@ impl KafkaLog {
             .context("failed to create the kafka group consumer")?;
         consumer.subscribe(&[&settings.topic]).context("failed to subscribe to the events topic")?;
         info!(group = settings.group_id, topic = settings.topic, "joining the projector group");
-        Ok(GroupConsumer { consumer: Arc::new(consumer), topic: settings.topic.clone(), state, request_timeout: settings.request_timeout })
+        Ok(GroupConsumer { consumer: Arc::new(consumer), topic: settings.topic.clone(), state })
     }
 }
 
@@ -406,13 +400,11 @@ pub struct GroupConsumer {
     consumer: Arc<StreamConsumer<GroupContext>>,
     topic: String,
     state: Arc<GroupState>,
-    request_timeout: Duration,
 }
 
 #[derive(Default)]
 struct GroupState {
     owned: Mutex<BTreeSet<Partition>>,
-    rebalances: AtomicU64,
 }
 
 struct GroupContext {
@@ -428,7 +420,6 @@ impl ConsumerContext for GroupContext {
             for element in list.elements() {
                 owned.remove(&element.partition());
             }
-            self.state.rebalances.fetch_add(1, Ordering::SeqCst);
             info!(revoked = list.count(), still_owned = owned.len(), "partitions revoked");
         }
     }
@@ -438,7 +429,6 @@ impl ConsumerContext for GroupContext {
             Rebalance::Assign(list) => {
                 let mut owned = self.state.owned.lock().expect("owned lock");
                 owned.extend(list.elements().iter().map(|e| e.partition()));
-                self.state.rebalances.fetch_add(1, Ordering::SeqCst);
                 info!(assigned = list.count(), owned = owned.len(), "partitions assigned");
             }
             Rebalance::Error(error) => warn!(error = %error, "rebalance failed"),
@@ -482,11 +472,6 @@ impl GroupConsumer {
         self.state.owned.lock().expect("owned lock").clone()
     }
 
-    /// Returns how many assignments and revocations this member has seen.
-    pub fn rebalances(&self) -> u64 {
-        self.state.rebalances.load(Ordering::SeqCst)
-    }
-
     /// Commits `positions` (next offsets to read) for the group. Returns `false`, after a
     /// warning, when the group moved on and refused the commit: the records after the last
     /// accepted commit will be read again by their new owner, which the store tolerates.
@@ -517,11 +502,6 @@ impl GroupConsumer {
             }
             Err(error) => Err(LogError::Unavailable(anyhow!(error).context("failed to commit positions"))),
         }
-    }
-
-    /// Returns the request timeout used for the group's own calls.
-    pub fn request_timeout(&self) -> Duration {
-        self.request_timeout
     }
 
     /// Leaves the group at once, so the other members take the partitions over without

@@ -93,13 +93,7 @@ impl Projector {
                     }
                 }
                 Err(error) => {
-                    self.metrics.store_errors.inc();
-                    warn!(error = format!("{error:#}"), backoff_ms = backoff.as_millis() as u64, "projection step failed; backing off");
-                    tokio::select! {
-                        _ = tokio::time::sleep(backoff) => {}
-                        _ = shutdown.cancelled() => {}
-                    }
-                    backoff = (backoff * 2).min(self.config.max_backoff);
+                    self.back_off(&error, "projection step failed; backing off", &mut backoff, &shutdown).await;
                 }
             }
         }
@@ -143,6 +137,19 @@ impl Projector {
         Ok(StepOutcome { applied, lag_events })
     }
 
+    /// Counts and logs a backend failure, then waits `backoff` (doubled for next time, up to
+    /// the maximum). Returns `false` when shutdown came first.
+    async fn back_off(&self, error: &anyhow::Error, message: &'static str, backoff: &mut Duration, shutdown: &CancellationToken) -> bool {
+        self.metrics.store_errors.inc();
+        warn!(error = format!("{error:#}"), backoff_ms = backoff.as_millis() as u64, "{message}");
+        let waited = tokio::select! {
+            _ = tokio::time::sleep(*backoff) => true,
+            _ = shutdown.cancelled() => false,
+        };
+        *backoff = (*backoff * 2).min(self.config.max_backoff);
+        waited
+    }
+
     /// Runs steps until the store reflects the whole log as it was when called.
     pub async fn catch_up(&self) -> anyhow::Result<()> {
         while self.step().await?.lag_events > 0 {}
@@ -181,13 +188,7 @@ impl Projector {
                     }
                 }
                 Err(error) => {
-                    self.metrics.store_errors.inc();
-                    warn!(error = format!("{error:#}"), backoff_ms = backoff.as_millis() as u64, "kafka consume failed; backing off");
-                    tokio::select! {
-                        _ = tokio::time::sleep(backoff) => {}
-                        _ = shutdown.cancelled() => {}
-                    }
-                    backoff = (backoff * 2).min(self.config.max_backoff);
+                    self.back_off(&anyhow::Error::from(error), "kafka consume failed; backing off", &mut backoff, &shutdown).await;
                 }
             }
             self.metrics.partitions_owned.set(consumer.owned().len() as i64);
@@ -240,13 +241,9 @@ impl Projector {
             match attempt {
                 Ok(()) => break,
                 Err(error) => {
-                    self.metrics.store_errors.inc();
-                    warn!(error = format!("{error:#}"), backoff_ms = backoff.as_millis() as u64, "batch not applied; retrying");
-                    tokio::select! {
-                        _ = tokio::time::sleep(backoff) => {}
-                        _ = shutdown.cancelled() => return false,
+                    if !self.back_off(&error, "batch not applied; retrying", &mut backoff, shutdown).await {
+                        return false;
                     }
-                    backoff = (backoff * 2).min(self.config.max_backoff);
                 }
             }
         }

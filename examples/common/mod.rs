@@ -1,0 +1,72 @@
+//! What the benchmarks share: posting NDJSON bodies with bounded concurrency, waiting for
+//! lag 0, percentiles, peak RSS.
+#![allow(dead_code)]
+
+use std::process::Child;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use serde_json::Value;
+
+pub const INGEST: &str = "bench-ingest";
+pub const READ: &str = "bench-read";
+
+/// Posts every body to `{url}/v1/events`, `concurrency` at a time, asserting 202s; returns
+/// each request's latency.
+pub async fn post_all(client: &reqwest::Client, url: &str, bodies: Vec<String>, concurrency: usize) -> anyhow::Result<Vec<Duration>> {
+    let semaphore = Arc::new(tokio::sync::Semaphore::new(concurrency));
+    let mut tasks = Vec::new();
+    for body in bodies {
+        let permit = semaphore.clone().acquire_owned().await?;
+        let client = client.clone();
+        let endpoint = format!("{url}/v1/events");
+        tasks.push(tokio::spawn(async move {
+            let sent = Instant::now();
+            let response = client
+                .post(endpoint)
+                .bearer_auth(INGEST)
+                .header("content-type", "application/x-ndjson")
+                .body(body)
+                .send()
+                .await
+                .expect("post");
+            assert_eq!(response.status(), 202);
+            drop(permit);
+            sent.elapsed()
+        }));
+    }
+    let mut latencies = Vec::new();
+    for task in tasks {
+        latencies.push(task.await?);
+    }
+    Ok(latencies)
+}
+
+/// Polls `/v1/pipeline` until `lag_events` is 0.
+pub async fn wait_caught_up(client: &reqwest::Client, url: &str) -> anyhow::Result<()> {
+    loop {
+        let pipeline: Value = client.get(format!("{url}/v1/pipeline")).bearer_auth(READ).send().await?.json().await?;
+        if pipeline["lag_events"] == 0 {
+            return Ok(());
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
+/// Returns the `q` quantile of `samples`, in milliseconds.
+pub fn pct(samples: &mut [Duration], q: f64) -> f64 {
+    samples.sort_unstable();
+    let i = ((samples.len() as f64 - 1.0) * q).round() as usize;
+    samples[i].as_secs_f64() * 1_000.0
+}
+
+/// Returns a child's peak resident set (VmHWM), as the kernel prints it.
+pub fn peak_rss(child: &Child) -> String {
+    let status = std::fs::read_to_string(format!("/proc/{}/status", child.id())).unwrap_or_default();
+    status.lines().find(|l| l.starts_with("VmHWM")).map(|l| l.split_whitespace().skip(1).collect::<Vec<_>>().join(" ")).unwrap_or_default()
+}
+
+/// Returns a loopback port nobody listens on right now.
+pub fn free_port() -> anyhow::Result<u16> {
+    Ok(std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
+}
