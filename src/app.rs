@@ -9,8 +9,8 @@ use agora_ingest::{IngestMetrics, IngestState, Pseudonymizer};
 use agora_projector::{Projector, ProjectorMetrics};
 use agora_query::{QueryMetrics, QueryState};
 use agora_schemas::api::error_body;
-use agora_store::{SqliteStore, Store};
-use anyhow::{bail, Context};
+use agora_store::{ClickHouseStore, SqliteStore, Store};
+use anyhow::Context;
 use axum::extract::State;
 use axum::http::{header, StatusCode};
 use axum::response::IntoResponse;
@@ -59,13 +59,19 @@ pub async fn open_backends(config: &Config) -> anyhow::Result<Backends> {
         LogBackend::Embedded => EventLog::Sqlite(SqliteLog::open(&config.data_dir)?),
         LogBackend::Kafka(settings) => EventLog::Kafka(KafkaLog::open(settings.clone()).await?),
     };
-    let store = match &config.store_backend {
-        StoreBackend::Embedded => Store::Sqlite(SqliteStore::open(&config.data_dir)?),
-        StoreBackend::ClickHouse { .. } => {
-            bail!("AGORA_CLICKHOUSE_URL is set, but this build has no ClickHouse store yet; unset it to use the embedded store")
-        }
-    };
+    let store = open_store(config).await?;
     Ok(Backends { log, store })
+}
+
+/// Opens the projection store the configuration names, creating and migrating its tables
+/// when needed.
+pub async fn open_store(config: &Config) -> anyhow::Result<Store> {
+    Ok(match &config.store_backend {
+        StoreBackend::Embedded => Store::Sqlite(SqliteStore::open(&config.data_dir)?),
+        StoreBackend::ClickHouse(settings) => Store::ClickHouse(
+            ClickHouseStore::open(settings).await.with_context(|| format!("failed to open the clickhouse store at {}", settings.url))?,
+        ),
+    })
 }
 
 struct Health {

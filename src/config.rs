@@ -9,6 +9,7 @@ use agora_eventlog::KafkaSettings;
 use agora_ingest::IngestToken;
 use agora_projector::ProjectorConfig;
 use agora_query::{ReadScope, ReadToken, TargetDefinition, TargetKind};
+use agora_store::ClickHouseSettings;
 
 /// Default listen address.
 pub const DEFAULT_LISTEN: &str = "127.0.0.1:8080";
@@ -35,7 +36,7 @@ pub enum LogBackend {
 #[derive(Debug, Clone, PartialEq)]
 pub enum StoreBackend {
     Embedded,
-    ClickHouse { url: String, database: String, user: Option<String>, password: Option<String> },
+    ClickHouse(ClickHouseSettings),
 }
 
 /// Everything a role needs to start.
@@ -69,16 +70,36 @@ impl Config {
             None => LogBackend::Embedded,
         };
         let store_backend = match var("AGORA_CLICKHOUSE_URL") {
-            Some(url) => StoreBackend::ClickHouse {
+            Some(url) => StoreBackend::ClickHouse(ClickHouseSettings {
                 url,
                 database: var("AGORA_CLICKHOUSE_DATABASE").unwrap_or_else(|| "agora".into()),
                 user: var("AGORA_CLICKHOUSE_USER"),
                 password: var("AGORA_CLICKHOUSE_PASSWORD"),
-            },
+                timeout: Duration::from_millis(parse_or(
+                    &var,
+                    "AGORA_CLICKHOUSE_TIMEOUT_MS",
+                    10_000,
+                    |n: &u64| *n > 0,
+                    "milliseconds above 0",
+                )?),
+            }),
             None => StoreBackend::Embedded,
         };
-        let defaults = ProjectorConfig::default();
+        let defaults = match store_backend {
+            // ClickHouse wants few, large inserts: about one per table per second under load.
+            StoreBackend::ClickHouse(_) => {
+                ProjectorConfig { batch_size: 100_000, linger: Duration::from_secs(1), ..ProjectorConfig::default() }
+            }
+            StoreBackend::Embedded => ProjectorConfig::default(),
+        };
         let projector = ProjectorConfig {
+            linger: Duration::from_millis(parse_or(
+                &var,
+                "AGORA_PROJECTOR_LINGER_MS",
+                defaults.linger.as_millis() as u64,
+                |_| true,
+                "milliseconds",
+            )?),
             batch_size: parse_or(&var, "AGORA_PROJECTOR_BATCH_SIZE", defaults.batch_size, |n: &usize| *n > 0, "a whole number above 0")?,
             poll_interval: Duration::from_millis(parse_or(
                 &var,

@@ -6,7 +6,7 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::process::ExitCode;
 
-use agora::app::{open_backends, run, shutdown_on_signals, Roles};
+use agora::app::{open_backends, open_store, run, shutdown_on_signals, Roles};
 use agora::config::{Config, DEFAULT_LISTEN};
 use agora::demo::{run_demo, DemoOptions};
 use agora::synth::{generate, SynthOptions};
@@ -66,6 +66,12 @@ enum Command {
     Project(Place),
     /// Runs the query role alone.
     Query(Place),
+    /// Creates or upgrades the projection store's tables (every role also does this at start).
+    Migrate {
+        /// Folder of the embedded store.
+        #[arg(long, value_name = "DIR")]
+        data_dir: Option<PathBuf>,
+    },
     /// Rebuilds the read models from the beginning of the log, replacing them at once when done.
     Replay {
         /// Folder of the embedded log and store.
@@ -130,6 +136,12 @@ async fn execute(command: Command) -> anyhow::Result<ExitCode> {
             let listener =
                 tokio::net::TcpListener::bind(config.listen).await.with_context(|| format!("failed to listen on {}", config.listen))?;
             run(config, roles, backends, listener, shutdown).await?;
+        }
+        Command::Migrate { data_dir } => {
+            let config = Config::from_env(None, data_dir)?;
+            let store = open_store(&config).await?;
+            let version = store.schema_version().await?;
+            println!("{} store at schema version {version}", store.backend());
         }
         Command::Replay { data_dir } => {
             let config = Config::from_env(None, data_dir)?;

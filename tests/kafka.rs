@@ -9,7 +9,6 @@ mod common;
 use std::time::Duration;
 
 use agora::app::Roles;
-use agora::synth::{generate, SynthOptions};
 use agora_eventlog::KafkaLog;
 use common::*;
 use rdkafka::consumer::{BaseConsumer, Consumer};
@@ -18,22 +17,10 @@ use rdkafka::{ClientConfig, Message};
 use reqwest::StatusCode;
 use serde_json::{json, Value};
 
-fn history(scale: f64, seed: u64) -> Vec<Value> {
-    generate(&SynthOptions { scale, seed, ..SynthOptions::default() })
-}
-
-/// The figures an uninterrupted embedded run gives for `events`.
-async fn reference_figures(events: &[Value]) -> Vec<Value> {
-    let server = TestServer::start().await;
-    server.ingest(events).await;
-    server.wait_caught_up().await;
-    all_figures(&server).await
-}
-
 /// Starts a broker and ingests `events` through an ingest role alone, so nothing is
 /// projected yet; returns the broker and a client of the log.
-async fn logged_on_kafka(events: &[Value]) -> (Services, KafkaLog) {
-    let services = tokio::task::spawn_blocking(|| Services::start(Backend::Kafka)).await.unwrap();
+async fn logged_on_kafka(backend: Backend, events: &[Value]) -> (Services, KafkaLog) {
+    let services = tokio::task::spawn_blocking(move || Services::start(backend)).await.unwrap();
     let ingest = TestServer::launch(tempfile::tempdir().unwrap(), Roles::INGEST, services, &[]).await;
     ingest.ingest(events).await;
     let (_, services) = ingest.stop().await;
@@ -73,11 +60,23 @@ fn kill(child: &mut AgoraProcess) {
     child.wait().unwrap();
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn projector_killed_mid_run_restarts_to_identical_figures() {
+/// The crash tests run with either store behind the Kafka log.
+macro_rules! on_both_stores {
+    ($($name:ident),* $(,)?) => {
+        mod embedded_store { $( #[tokio::test(flavor = "multi_thread", worker_threads = 2)] async fn $name() { super::$name(super::common::Backend::Kafka).await } )* }
+        mod clickhouse_store { $( #[tokio::test(flavor = "multi_thread", worker_threads = 2)] async fn $name() { super::$name(super::common::Backend::KafkaClickHouse).await } )* }
+    };
+}
+
+on_both_stores!(
+    projector_killed_mid_run_restarts_to_identical_figures,
+    projector_aborted_between_store_write_and_commit_counts_nothing_twice
+);
+
+async fn projector_killed_mid_run_restarts_to_identical_figures(backend: Backend) {
     let events = history(0.03, 7);
     let expected = reference_figures(&events).await;
-    let (services, log) = logged_on_kafka(&events).await;
+    let (services, log) = logged_on_kafka(backend, &events).await;
     let end = events.len() as i64;
     let dir = tempfile::tempdir().unwrap();
 
@@ -94,11 +93,10 @@ async fn projector_killed_mid_run_restarts_to_identical_figures() {
     assert_eq!(figures_in(dir, services).await, expected);
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn projector_aborted_between_store_write_and_commit_counts_nothing_twice() {
+async fn projector_aborted_between_store_write_and_commit_counts_nothing_twice(backend: Backend) {
     let events = history(0.01, 8);
     let expected = reference_figures(&events).await;
-    let (services, log) = logged_on_kafka(&events).await;
+    let (services, log) = logged_on_kafka(backend, &events).await;
     let end = events.len() as i64;
     let dir = tempfile::tempdir().unwrap();
 
@@ -119,7 +117,7 @@ async fn two_projectors_share_partitions_and_one_takes_over_when_the_other_dies(
     let events = history(0.03, 9);
     let expected = reference_figures(&events).await;
     let half = events.len() / 2;
-    let (services, log) = logged_on_kafka(&events[..half]).await;
+    let (services, log) = logged_on_kafka(Backend::Kafka, &events[..half]).await;
     let dir = tempfile::tempdir().unwrap();
     let client = reqwest::Client::new();
 

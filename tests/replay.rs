@@ -34,15 +34,7 @@ async fn rebuilds_from_the_log_without_double_counting(backend: Backend) {
     let expected = all_figures(&server).await;
 
     // A wrong row written straight into the store changes a served figure...
-    let store = rusqlite::Connection::open(server.dir.path().join("store.sqlite")).unwrap();
-    store
-        .execute_batch(
-            "INSERT INTO contributions (contribution_id, consultation_id, participant, kind, at_ms, event_id)
-             SELECT 'planted', consultation_id, 'planted-participant', 'comment', opened_at_ms, 'planted'
-             FROM consultations WHERE organization_id = 'MSSS' AND cancelled = 0 LIMIT 1;
-             UPDATE store_version SET version = version + 1;",
-        )
-        .unwrap();
+    plant_wrong_contribution(&server);
     assert_ne!(all_figures(&server).await, expected, "the planted row should show");
 
     // ...and a replay, run twice, gives back exactly the figures of the log.

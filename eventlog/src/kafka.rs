@@ -438,11 +438,13 @@ impl ConsumerContext for GroupContext {
 }
 
 impl GroupConsumer {
-    /// Waits up to `wait` for a first record, then gathers what else is already fetched, up
-    /// to `max` records. Returns only records of partitions this member still owns.
-    pub async fn next_batch(&self, max: usize, wait: Duration) -> Result<Vec<LogRecord>, LogError> {
+    /// Waits up to `wait` for a first record, then gathers what else is already fetched, or
+    /// arrives within `linger` of the first, up to `max` records. Returns only records of
+    /// partitions this member still owns.
+    pub async fn next_batch(&self, max: usize, wait: Duration, linger: Duration) -> Result<Vec<LogRecord>, LogError> {
         let mut records = Vec::new();
         let mut timeout = wait;
+        let mut first_at = None;
         while records.len() < max {
             let message = match tokio::time::timeout(timeout, self.consumer.recv()).await {
                 Err(_) => break,
@@ -459,8 +461,10 @@ impl GroupConsumer {
                 offset: message.offset(),
                 payload: message.payload().unwrap_or_default().to_vec(),
             });
-            // After the first record, take only what is already there or about to be.
-            timeout = Duration::from_millis(2);
+            // After the first record, take what is already there or about to be, and keep
+            // taking it for up to `linger` so a store that wants few, large inserts gets them.
+            let first_at = *first_at.get_or_insert_with(tokio::time::Instant::now);
+            timeout = linger.saturating_sub(first_at.elapsed()).max(Duration::from_millis(2));
         }
         let owned = self.owned();
         records.retain(|r| owned.contains(&r.partition));

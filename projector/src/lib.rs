@@ -29,6 +29,9 @@ pub use metrics::ProjectorMetrics;
 pub struct ProjectorConfig {
     /// Most records read and applied in one transaction.
     pub batch_size: usize,
+    /// How long a batch may keep gathering records after its first one, so that a store
+    /// that wants few, large inserts (ClickHouse) gets them. Zero applies what is there.
+    pub linger: Duration,
     /// How often to look for new records when nothing wakes the projector sooner (records
     /// appended by another process).
     pub poll_interval: Duration,
@@ -41,6 +44,7 @@ impl Default for ProjectorConfig {
     fn default() -> Self {
         ProjectorConfig {
             batch_size: 5_000,
+            linger: Duration::ZERO,
             poll_interval: Duration::from_millis(200),
             initial_backoff: Duration::from_millis(100),
             max_backoff: Duration::from_secs(5),
@@ -80,9 +84,17 @@ impl Projector {
         let mut appended = self.log.appended();
         let mut backoff = self.config.initial_backoff;
         while !shutdown.is_cancelled() {
+            let started = tokio::time::Instant::now();
             match self.step().await {
                 Ok(outcome) => {
                     backoff = self.config.initial_backoff;
+                    if outcome.applied > 0 && outcome.applied < self.config.batch_size {
+                        // Partial batches wait out the linger, so inserts stay few and large.
+                        tokio::select! {
+                            _ = tokio::time::sleep_until(started + self.config.linger) => {}
+                            _ = shutdown.cancelled() => {}
+                        }
+                    }
                     if outcome.lag_events > 0 {
                         continue;
                     }
@@ -177,7 +189,7 @@ impl Projector {
         };
         while !shutdown.is_cancelled() {
             let batch = tokio::select! {
-                batch = consumer.next_batch(self.config.batch_size, self.config.poll_interval) => batch,
+                batch = consumer.next_batch(self.config.batch_size, self.config.poll_interval, self.config.linger) => batch,
                 _ = shutdown.cancelled() => break,
             };
             match batch {

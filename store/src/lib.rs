@@ -1,12 +1,13 @@
 //! The projection store: read models folded from the event log by the projector and read by
 //! the query role. Backends sit behind one enum: the embedded SQLite store in the data
-//! folder today, ClickHouse next.
+//! folder, or ClickHouse.
 //!
 //! Every [`RowChange`] is idempotent and commutative (each keeps a minimum, a maximum, a set
 //! member or a flag), so applying any permutation or repetition of the same changes gives
 //! the same tables: the store makes at-least-once delivery effectively-once.
 
 pub mod changes;
+pub mod clickhouse;
 pub mod model;
 pub mod sqlite;
 
@@ -14,6 +15,7 @@ use agora_eventlog::Positions;
 use agora_schemas::FiscalYear;
 
 pub use changes::{ConsultationField, DeadLetter, RowChange};
+pub use clickhouse::{ClickHouseRebuild, ClickHouseSettings, ClickHouseStore};
 pub use model::{ConsultationFigures, ConsultationView, Figures, RawFigures};
 pub use sqlite::{SqliteRebuild, SqliteStore};
 
@@ -40,6 +42,7 @@ pub enum StoreError {
 #[derive(Clone)]
 pub enum Store {
     Sqlite(SqliteStore),
+    ClickHouse(ClickHouseStore),
 }
 
 impl Store {
@@ -48,6 +51,7 @@ impl Store {
     pub async fn apply(&self, changes: Vec<RowChange>, dead_letters: Vec<DeadLetter>, positions: Positions) -> Result<(), StoreError> {
         match self {
             Store::Sqlite(store) => store.apply(changes, dead_letters, positions).await,
+            Store::ClickHouse(store) => store.apply(changes, dead_letters, positions).await,
         }
     }
 
@@ -55,6 +59,7 @@ impl Store {
     pub async fn positions(&self) -> Result<Positions, StoreError> {
         match self {
             Store::Sqlite(store) => store.positions().await,
+            Store::ClickHouse(store) => store.positions().await,
         }
     }
 
@@ -63,6 +68,7 @@ impl Store {
     pub async fn raw_figures(&self, fiscal_year: FiscalYear, organization_id: Option<&str>) -> Result<RawFigures, StoreError> {
         match self {
             Store::Sqlite(store) => store.raw_figures(fiscal_year, organization_id.map(str::to_owned)).await,
+            Store::ClickHouse(store) => store.raw_figures(fiscal_year, organization_id).await,
         }
     }
 
@@ -70,6 +76,7 @@ impl Store {
     pub async fn on_platform(&self, fiscal_year: FiscalYear, organization_id: Option<&str>) -> Result<u64, StoreError> {
         match self {
             Store::Sqlite(store) => store.on_platform(fiscal_year, organization_id.map(str::to_owned)).await,
+            Store::ClickHouse(store) => store.on_platform(fiscal_year, organization_id).await,
         }
     }
 
@@ -77,6 +84,7 @@ impl Store {
     pub async fn consultation(&self, consultation_id: &str) -> Result<Option<ConsultationView>, StoreError> {
         match self {
             Store::Sqlite(store) => store.consultation(consultation_id.to_owned()).await,
+            Store::ClickHouse(store) => store.consultation(consultation_id).await,
         }
     }
 
@@ -85,6 +93,7 @@ impl Store {
     pub async fn version(&self) -> Result<i64, StoreError> {
         match self {
             Store::Sqlite(store) => store.version().await,
+            Store::ClickHouse(store) => store.version().await,
         }
     }
 
@@ -92,6 +101,7 @@ impl Store {
     pub async fn dead_letter_count(&self) -> Result<u64, StoreError> {
         match self {
             Store::Sqlite(store) => store.dead_letter_count().await,
+            Store::ClickHouse(store) => store.dead_letter_count().await,
         }
     }
 
@@ -99,6 +109,15 @@ impl Store {
     pub async fn begin_rebuild(&self) -> Result<Rebuild, StoreError> {
         match self {
             Store::Sqlite(store) => Ok(Rebuild::Sqlite(store.begin_rebuild().await?)),
+            Store::ClickHouse(store) => Ok(Rebuild::ClickHouse(store.begin_rebuild().await?)),
+        }
+    }
+
+    /// Returns the newest migration applied to the store's tables.
+    pub async fn schema_version(&self) -> Result<u32, StoreError> {
+        match self {
+            Store::Sqlite(store) => store.schema_version().await,
+            Store::ClickHouse(store) => store.schema_version().await,
         }
     }
 
@@ -106,6 +125,7 @@ impl Store {
     pub fn backend(&self) -> &'static str {
         match self {
             Store::Sqlite(_) => "sqlite",
+            Store::ClickHouse(_) => "clickhouse",
         }
     }
 }
@@ -114,6 +134,7 @@ impl Store {
 /// serving the old figures; after it, the rebuilt ones, with no partial state in between.
 pub enum Rebuild {
     Sqlite(SqliteRebuild),
+    ClickHouse(ClickHouseRebuild),
 }
 
 impl Rebuild {
@@ -121,6 +142,7 @@ impl Rebuild {
     pub async fn apply(&mut self, changes: Vec<RowChange>, dead_letters: Vec<DeadLetter>) -> Result<(), StoreError> {
         match self {
             Rebuild::Sqlite(rebuild) => rebuild.apply(changes, dead_letters).await,
+            Rebuild::ClickHouse(rebuild) => rebuild.apply(changes, dead_letters).await,
         }
     }
 
@@ -128,6 +150,7 @@ impl Rebuild {
     pub async fn commit(self, positions: Positions) -> Result<(), StoreError> {
         match self {
             Rebuild::Sqlite(rebuild) => rebuild.commit(positions).await,
+            Rebuild::ClickHouse(rebuild) => rebuild.commit(positions).await,
         }
     }
 }

@@ -197,6 +197,10 @@ impl SqliteStore {
         self.read(|conn| Ok(conn.prepare_cached("SELECT version FROM store_version WHERE id = 1")?.query_row([], |r| r.get(0))?)).await
     }
 
+    pub(crate) async fn schema_version(&self) -> Result<u32, StoreError> {
+        self.read(|conn| Ok(conn.query_row("SELECT coalesce(max(version), 0) FROM schema_migrations", [], |r| r.get(0))?)).await
+    }
+
     pub(crate) async fn dead_letter_count(&self) -> Result<u64, StoreError> {
         self.read(|conn| Ok(conn.query_row("SELECT count(*) FROM dead_letters", [], |r| r.get::<_, i64>(0))? as u64)).await
     }

@@ -26,6 +26,7 @@ macro_rules! on_every_backend {
     ($($name:ident),* $(,)?) => {
         mod embedded { $( #[tokio::test(flavor = "multi_thread", worker_threads = 2)] async fn $name() { super::$name(super::common::Backend::Embedded).await } )* }
         mod kafka { $( #[tokio::test(flavor = "multi_thread", worker_threads = 2)] async fn $name() { super::$name(super::common::Backend::Kafka).await } )* }
+        mod kafka_clickhouse { $( #[tokio::test(flavor = "multi_thread", worker_threads = 2)] async fn $name() { super::$name(super::common::Backend::KafkaClickHouse).await } )* }
     };
 }
 
@@ -157,13 +158,39 @@ pub const FISCAL_YEARS: &[&str] = &["2021-2022", "2022-2023", "2023-2024", "2024
 /// Every indicator document of the synthetic history, for all of government and three
 /// bodies: what crash and backend tests compare.
 pub async fn all_figures(server: &TestServer) -> Vec<Value> {
+    all_figures_at(&server.client, &server.url).await
+}
+
+/// [`all_figures`] from the query role at `url`.
+pub async fn all_figures_at(client: &reqwest::Client, url: &str) -> Vec<Value> {
     let mut documents = Vec::new();
     for fy in FISCAL_YEARS {
         for org in [None, Some("MSSS"), Some("MCC"), Some("SCT")] {
-            documents.push(server.indicators(fy, org).await);
+            let mut path = format!("{url}/v1/indicators?fiscal_year={fy}");
+            if let Some(org) = org {
+                path.push_str(&format!("&organization_id={org}"));
+            }
+            let response = client.get(path).bearer_auth(READ_ALL).send().await.unwrap();
+            let status = response.status();
+            let body: Value = response.json().await.unwrap_or(Value::Null);
+            assert_eq!(status, StatusCode::OK, "{body}");
+            documents.push(body);
         }
     }
     documents
+}
+
+/// The synthetic history at `scale` with `seed`.
+pub fn history(scale: f64, seed: u64) -> Vec<Value> {
+    agora::synth::generate(&agora::synth::SynthOptions { scale, seed, ..agora::synth::SynthOptions::default() })
+}
+
+/// The figures an uninterrupted embedded run gives for `events`.
+pub async fn reference_figures(events: &[Value]) -> Vec<Value> {
+    let server = TestServer::start().await;
+    server.ingest(events).await;
+    server.wait_caught_up().await;
+    all_figures(&server).await
 }
 
 /// Starts the real `agora` binary with `args` over `dir`, with the test environment plus
@@ -323,6 +350,40 @@ pub fn kafka_settings(services: &Services) -> agora_eventlog::KafkaSettings {
     match config.log_backend {
         agora::config::LogBackend::Kafka(settings) => settings,
         agora::config::LogBackend::Embedded => panic!("these services have no broker"),
+    }
+}
+
+/// Writes a wrong contribution (to a counted MSSS consultation) straight into the server's
+/// store, behind the projector's back, and bumps the store's version so caches see it: what
+/// replay and audit tests must undo or find.
+pub fn plant_wrong_contribution(server: &TestServer) {
+    match &server.services.clickhouse {
+        Some(clickhouse) => {
+            clickhouse.sql(
+                "INSERT INTO agora_test.contributions
+                 SELECT generation, 'planted', consultation_id, 'planted-participant', 'comment', at_ms, 'planted'
+                 FROM agora_test.consultation_openings
+                 WHERE organization_id = 'MSSS'
+                   AND generation = (SELECT max(generation) FROM agora_test.generations WHERE state = 2)
+                   AND consultation_id NOT IN (SELECT consultation_id FROM agora_test.consultation_marks WHERE mark = 'cancelled')
+                 LIMIT 1",
+            );
+            clickhouse.sql(
+                "INSERT INTO agora_test.batches (generation, rows)
+                 SELECT max(generation), 0 FROM agora_test.generations WHERE state = 2",
+            );
+        }
+        None => {
+            let store = rusqlite::Connection::open(server.dir.path().join("store.sqlite")).unwrap();
+            store
+                .execute_batch(
+                    "INSERT INTO contributions (contribution_id, consultation_id, participant, kind, at_ms, event_id)
+                     SELECT 'planted', consultation_id, 'planted-participant', 'comment', opened_at_ms, 'planted'
+                     FROM consultations WHERE organization_id = 'MSSS' AND cancelled = 0 LIMIT 1;
+                     UPDATE store_version SET version = version + 1;",
+                )
+                .unwrap();
+        }
     }
 }
 
