@@ -126,3 +126,47 @@ async fn demo_serves_a_loaded_history_with_public_read() {
     demo.kill().unwrap();
     demo.wait().unwrap();
 }
+
+/// `agora migrate` on a store: creates the tables once, is a no-op the second time, and
+/// names the store and schema version it left.
+fn migrates_twice(services: &Services, dir: &std::path::Path, backend: &str) {
+    for _ in 0..2 {
+        let output = Command::new(env!("CARGO_BIN_EXE_agora"))
+            .args(["migrate", "--data-dir"])
+            .arg(dir)
+            .envs(services.env())
+            .env("AGORA_LOG", "warn")
+            .output()
+            .unwrap();
+        let stdout = String::from_utf8_lossy(&output.stdout);
+        assert!(output.status.success(), "{stdout}{}", String::from_utf8_lossy(&output.stderr));
+        assert!(stdout.starts_with(&format!("{backend} store at schema version ")), "{stdout}");
+    }
+}
+
+#[test]
+fn migrate_creates_the_store_once_on_both_backends() {
+    let dir = tempfile::tempdir().unwrap();
+    migrates_twice(&Services::default(), dir.path(), "sqlite");
+    assert!(dir.path().join("store.sqlite").exists());
+
+    let clickhouse = Services { broker: None, clickhouse: Some(ClickHouse::start()) };
+    migrates_twice(&clickhouse, dir.path(), "clickhouse");
+    let tables = clickhouse.clickhouse.as_ref().unwrap().sql("SELECT name FROM system.tables WHERE database = 'agora_test' ORDER BY name");
+    for table in ["batches", "consultation_openings", "contributions", "generations", "schema_migrations", "visits"] {
+        assert!(tables.lines().any(|t| t == table), "{table} missing from {tables}");
+    }
+    let versions = clickhouse.clickhouse.as_ref().unwrap().sql("SELECT count() FROM agora_test.schema_migrations");
+    assert_eq!(versions.trim(), "1", "each migration is recorded once");
+
+    // A server that is not there gets a clear error, not a hang.
+    let output = Command::new(env!("CARGO_BIN_EXE_agora"))
+        .arg("migrate")
+        .env("AGORA_CLICKHOUSE_URL", format!("http://127.0.0.1:{}", free_port()))
+        .env("AGORA_LOG", "warn")
+        .output()
+        .unwrap();
+    assert!(!output.status.success());
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(stderr.contains("failed to open the clickhouse store") && stderr.contains("unreachable"), "{stderr}");
+}

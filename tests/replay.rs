@@ -10,13 +10,13 @@ use agora::synth::{generate, SynthOptions};
 use common::*;
 use serde_json::Value;
 
-fn replay(server: &TestServer) -> String {
+fn replay(dir: &std::path::Path, services_env: &[(String, String)]) -> String {
     let mut env = test_env(&[]);
-    env.extend(server.services.env());
+    env.extend(services_env.iter().cloned());
     let output = Command::new(env!("CARGO_BIN_EXE_agora"))
         .arg("replay")
         .arg("--data-dir")
-        .arg(server.dir.path())
+        .arg(dir)
         .envs(env)
         .env("AGORA_LOG", "warn")
         .output()
@@ -32,17 +32,35 @@ async fn rebuilds_from_the_log_without_double_counting(backend: Backend) {
     server.ingest(&events).await;
     server.wait_caught_up().await;
     let expected = all_figures(&server).await;
+    let clean = server.indicators("2024-2025", Some("MSSS")).await;
 
     // A wrong row written straight into the store changes a served figure...
     plant_wrong_contribution(&server);
     assert_ne!(all_figures(&server).await, expected, "the planted row should show");
 
-    // ...and a replay, run twice, gives back exactly the figures of the log.
+    let planted = all_figures(&server).await;
+
+    // ...and a replay, run twice, gives back exactly the figures of the log. While it runs,
+    // readers see the old figures or the new ones, never a partial rebuild.
     for _ in 0..2 {
-        let printed = replay(&server);
+        let before = server.indicators("2024-2025", Some("MSSS")).await;
+        let running = tokio::task::spawn_blocking({
+            let env = server.services.env();
+            let dir = server.dir.path().to_path_buf();
+            move || replay(&dir, &env)
+        });
+        let mut seen = 0;
+        while !running.is_finished() {
+            let now = server.indicators("2024-2025", Some("MSSS")).await;
+            assert!(now == before || now == clean, "a partial rebuild was served: {now}");
+            seen += 1;
+        }
+        let printed = running.await.unwrap();
         assert!(printed.contains(&format!("from {} records", events.len())), "{printed}");
+        assert!(seen > 0);
         assert_eq!(all_figures(&server).await, expected);
     }
+    assert_ne!(planted, expected);
 }
 
 on_every_backend!(rebuilds_from_the_log_without_double_counting);
