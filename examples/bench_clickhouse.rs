@@ -1,0 +1,235 @@
+//! Benchmark of the production pipeline's store side: Kafka into ClickHouse, next to
+//! `clickhouse-client` inserting the same rows, on one broker and one server in one run.
+//!
+//! 1. `agora ingest` (release) takes the events by `POST /v1/events`; nothing projects yet.
+//! 2. `agora project` starts on that full topic; the time until `agora query` reports lag 0
+//!    is the Kafka → ClickHouse rate. Its peak RSS is read before it stops.
+//! 3. raw: every row Agora wrote is exported (`FORMAT Native`) and inserted again by
+//!    `clickhouse-client` into empty copies of the tables; the sum of those inserts' times
+//!    is the raw rate for the same rows.
+//! 4. `/v1/indicators` on the query role: the first call per (fiscal year, body) computes
+//!    from ClickHouse; the rest are served from the cache.
+//!
+//! The broker is a private Tansu from `AGORA_TANSU_BIN`; the ClickHouse server a private
+//! `clickhouse-server` (DESIGN.md's overrides) from `AGORA_CLICKHOUSE_SERVER_BIN`.
+//!
+//! cargo build --release --bin agora --example bench_clickhouse
+//! target/release/examples/bench_clickhouse [EVENTS] [BATCH] [CONCURRENCY]
+
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use agora::synth::{generate, SynthOptions};
+
+mod common;
+use common::{free_port, pct, peak_rss, post_all, wait_caught_up, INGEST, READ};
+
+const TABLES: &[&str] = &[
+    "consultation_openings",
+    "consultation_marks",
+    "consultation_fields",
+    "contributions",
+    "withdrawals",
+    "visits",
+    "feedback",
+    "triage",
+    "suggestion_texts",
+    "log_positions",
+    "batches",
+];
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    let args: Vec<usize> = std::env::args().skip(1).map(|a| a.parse().expect("numeric arguments")).collect();
+    let events_wanted = args.first().copied().unwrap_or(1_000_000);
+    let batch = args.get(1).copied().unwrap_or(1_000);
+    let concurrency = args.get(2).copied().unwrap_or(4);
+    let binary = std::env::current_exe()?.parent().and_then(|p| p.parent()).map(|p| p.join("agora")).expect("target folder");
+    anyhow::ensure!(binary.exists(), "build the server first: cargo build --release ({} missing)", binary.display());
+    let work = tempfile::tempdir()?;
+
+    let broker_port = free_port()?;
+    let tansu = std::env::var("AGORA_TANSU_BIN").unwrap_or_else(|_| "tansu".into());
+    let broker_url = format!("tcp://127.0.0.1:{broker_port}");
+    let mut broker = Command::new(&tansu)
+        .args(["broker", "--listener-url", &broker_url, "--advertised-listener-url", &broker_url, "--storage-engine", "memory://tansu/"])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()?;
+    let (http_port, tcp_port) = (free_port()?, free_port()?);
+    let mut clickhouse = start_clickhouse(work.path(), http_port, tcp_port)?;
+    for port in [broker_port, http_port] {
+        while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+    let env = [
+        ("AGORA_KAFKA_BROKERS", format!("127.0.0.1:{broker_port}")),
+        ("AGORA_KAFKA_SESSION_TIMEOUT_MS", "6000".into()),
+        ("AGORA_KAFKA_HEARTBEAT_MS", "500".into()),
+        ("AGORA_CLICKHOUSE_URL", format!("http://127.0.0.1:{http_port}")),
+        ("AGORA_CLICKHOUSE_DATABASE", "bench".into()),
+        ("AGORA_INGEST_TOKENS", format!("bench:{INGEST}")),
+        ("AGORA_READ_TOKENS", format!("*:{READ}")),
+        ("AGORA_PSEUDONYM_KEY", "bench-key".into()),
+        ("AGORA_LOG", "warn".into()),
+    ];
+    let role = |name: &str, port: u16| -> anyhow::Result<Child> {
+        Ok(Command::new(&binary)
+            .args([name, "--listen", &format!("127.0.0.1:{port}"), "--data-dir"])
+            .arg(work.path().join(name))
+            .envs(env.iter().map(|(k, v)| (*k, v.as_str())))
+            .stdout(Stdio::null())
+            .spawn()?)
+    };
+
+    eprintln!("generating {events_wanted} events");
+    let scale = events_wanted as f64 / 620_000.0;
+    let mut events = generate(&SynthOptions { scale, ..SynthOptions::default() });
+    events.truncate(events_wanted);
+    let total = events.len();
+    let bodies: Vec<String> = events.chunks(batch).map(|chunk| chunk.iter().map(|e| e.to_string() + "\n").collect()).collect();
+    drop(events);
+
+    // 1. Fill the topic through the ingest role.
+    let client = reqwest::Client::new();
+    let (ingest_port, query_port, project_port) = (free_port()?, free_port()?, free_port()?);
+    let mut ingest = role("ingest", ingest_port)?;
+    let ingest_url = format!("http://127.0.0.1:{ingest_port}");
+    wait_ready(&client, &ingest_url).await;
+    eprintln!("ingest: posting {total} events in {} batches of {batch}, {concurrency} at a time", bodies.len());
+    let started = Instant::now();
+    let mut post_latencies = post_all(&client, &ingest_url, bodies, concurrency).await?;
+    let ingested = started.elapsed();
+    stop(&mut ingest);
+
+    // 2. Kafka → ClickHouse.
+    let mut query = role("query", query_port)?;
+    let query_url = format!("http://127.0.0.1:{query_port}");
+    wait_ready(&client, &query_url).await;
+    eprintln!("projector: folding the topic into clickhouse");
+    let started = Instant::now();
+    let mut projector = role("project", project_port)?;
+    wait_caught_up(&client, &query_url).await?;
+    let projected = started.elapsed();
+    eprintln!("projected in {:.2} s", projected.as_secs_f64());
+    let projector_rss = peak_rss(&projector);
+    stop(&mut projector);
+
+    // 3. The same rows through clickhouse-client.
+    eprintln!("raw: clickhouse-client inserts the same rows");
+    let client_bin = std::env::var("AGORA_CLICKHOUSE_CLIENT_BIN").unwrap_or_else(|_| "clickhouse-client".into());
+    let sql = |query: &str| -> anyhow::Result<String> {
+        let output = Command::new(&client_bin).args(["--port", &tcp_port.to_string(), "--database", "bench", "--query", query]).output()?;
+        anyhow::ensure!(output.status.success(), "clickhouse-client failed on {query}: {}", String::from_utf8_lossy(&output.stderr));
+        Ok(String::from_utf8(output.stdout)?)
+    };
+    let mut raw_rows = 0u64;
+    let mut raw_insert = Duration::ZERO;
+    for table in TABLES {
+        if sql(&format!("SELECT count() FROM {table}"))?.trim() == "0" {
+            continue;
+        }
+        let file = work.path().join(format!("{table}.native"));
+        let exported = Command::new(&client_bin)
+            .args(["--port", &tcp_port.to_string(), "--database", "bench", "--query", &format!("SELECT * FROM {table} FORMAT Native")])
+            .stdout(std::fs::File::create(&file)?)
+            .status()?;
+        anyhow::ensure!(exported.success(), "export of {table} failed");
+        sql(&format!("CREATE TABLE raw_{table} AS {table}"))?;
+        let started = Instant::now();
+        let inserted = Command::new(&client_bin)
+            .args(["--port", &tcp_port.to_string(), "--database", "bench", "--query", &format!("INSERT INTO raw_{table} FORMAT Native")])
+            .stdin(std::fs::File::open(&file)?)
+            .status()?;
+        raw_insert += started.elapsed();
+        anyhow::ensure!(inserted.success(), "insert into raw_{table} failed");
+        raw_rows += sql(&format!("SELECT count() FROM raw_{table}"))?.trim().parse::<u64>()?;
+    }
+
+    // 4. Indicators from ClickHouse.
+    let keys: Vec<String> = (2021..=2026)
+        .flat_map(|y| {
+            let fy = format!("{y}-{}", y + 1);
+            ["", "&organization_id=MSSS", "&organization_id=MCC", "&organization_id=SCT", "&organization_id=MEQ", "&organization_id=MTQ"]
+                .into_iter()
+                .map(move |org| format!("fiscal_year={fy}{org}"))
+        })
+        .collect();
+    let mut computed = Vec::new();
+    for key in &keys {
+        let started = Instant::now();
+        let response = client.get(format!("{query_url}/v1/indicators?{key}")).bearer_auth(READ).send().await?;
+        anyhow::ensure!(response.status().is_success(), "indicators {key}: {}", response.status());
+        response.bytes().await?;
+        computed.push(started.elapsed());
+    }
+    let mut cached = Vec::new();
+    for i in 0..2_000 {
+        let started = Instant::now();
+        let response = client.get(format!("{query_url}/v1/indicators?{}", keys[i % keys.len()])).bearer_auth(READ).send().await?;
+        response.bytes().await?;
+        cached.push(started.elapsed());
+    }
+    let query_rss = peak_rss(&query);
+    stop(&mut query);
+    stop(&mut clickhouse);
+    stop(&mut broker);
+
+    let rate = |d: Duration| total as f64 / d.as_secs_f64();
+    println!("events:                      {total} in batches of {batch}, {concurrency} concurrent requests");
+    println!("ingest (POST to acknowledged): {:.0} events/s ({:.2} s)", rate(ingested), ingested.as_secs_f64());
+    println!("POST /v1/events:             p50 {:.1} ms, p99 {:.1} ms", pct(&mut post_latencies, 0.50), pct(&mut post_latencies, 0.99));
+    println!("kafka -> clickhouse:         {:.0} events/s ({:.2} s to lag 0)", rate(projected), projected.as_secs_f64());
+    println!(
+        "clickhouse-client, same rows: {raw_rows} rows in {:.2} s = {:.0} events/s; agora at {:.0} % of it",
+        raw_insert.as_secs_f64(),
+        rate(raw_insert),
+        100.0 * rate(projected) / rate(raw_insert)
+    );
+    println!(
+        "/v1/indicators computed:     p50 {:.1} ms, p99 {:.1} ms ({} keys)",
+        pct(&mut computed, 0.50),
+        pct(&mut computed, 0.99),
+        keys.len()
+    );
+    println!("/v1/indicators cached:       p50 {:.2} ms, p99 {:.2} ms", pct(&mut cached, 0.50), pct(&mut cached, 0.99));
+    println!("agora project peak RSS:      {projector_rss}");
+    println!("agora query peak RSS:        {query_rss}");
+    Ok(())
+}
+
+fn start_clickhouse(dir: &Path, http_port: u16, tcp_port: u16) -> anyhow::Result<Child> {
+    let bin = std::env::var("AGORA_CLICKHOUSE_SERVER_BIN").unwrap_or_else(|_| "/usr/sbin/clickhouse-server".into());
+    let d = dir.join("clickhouse");
+    std::fs::create_dir_all(&d)?;
+    let d = d.display();
+    Ok(Command::new(bin)
+        .arg("--config-file=/etc/clickhouse-server/config.xml")
+        .arg("--")
+        .arg(format!("--http_port={http_port}"))
+        .arg(format!("--tcp_port={tcp_port}"))
+        .arg(format!("--interserver_http_port={}", free_port()?))
+        .arg("--listen_host=127.0.0.1")
+        .arg(format!("--path={d}/data/"))
+        .arg(format!("--tmp_path={d}/tmp/"))
+        .arg(format!("--logger.log={d}/ch.log"))
+        .arg(format!("--logger.errorlog={d}/err.log"))
+        .arg(format!("--user_files_path={d}/uf/"))
+        .arg(format!("--format_schema_path={d}/fs/"))
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()?)
+}
+
+async fn wait_ready(client: &reqwest::Client, url: &str) {
+    while client.get(format!("{url}/health/ready")).send().await.map(|r| !r.status().is_success()).unwrap_or(true) {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+fn stop(child: &mut Child) {
+    let _ = child.kill();
+    let _ = child.wait();
+}
