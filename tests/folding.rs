@@ -212,7 +212,50 @@ async fn fiscal_years_turn_at_local_midnight_in_edt_and_est(backend: Backend) {
     assert_eq!(server.indicators("1986-1987", None).await["consultations"]["opened"], json!(1));
 }
 
+async fn monthly_series_follow_the_folding_rules_and_add_up_to_the_year(backend: Backend) {
+    let server = TestServer::start_on(backend, &[]).await;
+    server.ingest(&scenario()).await;
+    server.wait_caught_up().await;
+    for org in [None, Some("MSSS"), Some("MEQ")] {
+        let query = org.map_or(String::new(), |o| format!("&organization_id={o}"));
+        let (status, series) = server.get(&format!("/v1/indicators/monthly?fiscal_year=2021-2022{query}"), Some(READ_ALL)).await;
+        assert_eq!(status, StatusCode::OK, "{series}");
+        let year = server.indicators("2021-2022", org).await;
+        let months = series["months"].as_array().unwrap();
+        let names: Vec<&str> = months.iter().map(|m| m["month"].as_str().unwrap()).collect();
+        assert_eq!(names.first().copied(), Some("2021-04"));
+        assert_eq!(names.last().copied(), Some("2022-03"));
+        assert_eq!(names.len(), 12);
+        let sum = |field: &str| months.iter().map(|m| m[field].as_u64().unwrap()).sum::<u64>();
+        assert_eq!(sum("consultations_opened"), year["consultations"]["opened"].as_u64().unwrap(), "{org:?}");
+        assert_eq!(sum("contributions"), year["participation"]["contributions"].as_u64().unwrap(), "{org:?}");
+        assert_eq!(sum("satisfaction_responses"), year["satisfaction"]["responses"].as_u64().unwrap(), "{org:?}");
+    }
+    let (_, series) = server.get("/v1/indicators/monthly?fiscal_year=2021-2022", Some(READ_ALL)).await;
+    let month = |name: &str| series["months"].as_array().unwrap().iter().find(|m| m["month"] == name).unwrap().clone();
+    // c1 and c2 opened in May (c4, cancelled, does not count); c3 in September.
+    assert_eq!(month("2021-05")["consultations_opened"], json!(2));
+    assert_eq!(month("2021-09")["consultations_opened"], json!(1));
+    // June: k1 (its earliest submission) and k3, both by p1; k2 is withdrawn, k5 is in c4.
+    assert_eq!((month("2021-06")["contributions"].clone(), month("2021-06")["unique_participants"].clone()), (json!(2), json!(1)));
+    assert_eq!(month("2021-09")["contributions"], json!(1));
+    assert_eq!(month("2021-05")["contributions"], json!(0));
+    // Every counted response is p1's latest, in July: the month holds the year's mean.
+    let year = server.indicators("2021-2022", None).await;
+    assert_eq!(month("2021-07")["satisfaction_mean"], year["satisfaction"]["mean"]);
+    assert_eq!(month("2021-06")["satisfaction_mean"], Value::Null);
+
+    // Same rules as /v1/indicators: a fiscal year is required, and scopes hold.
+    let (status, _) = server.get("/v1/indicators/monthly", Some(READ_ALL)).await;
+    assert_eq!(status, StatusCode::BAD_REQUEST);
+    let (status, _) = server.get("/v1/indicators/monthly?fiscal_year=2021-2022&organization_id=MEQ", Some(READ_MSSS)).await;
+    assert_eq!(status, StatusCode::FORBIDDEN);
+    let (status, _) = server.get("/v1/indicators/monthly?fiscal_year=2021-2022", None).await;
+    assert_eq!(status, StatusCode::UNAUTHORIZED);
+}
+
 on_every_backend!(
+    monthly_series_follow_the_folding_rules_and_add_up_to_the_year,
     scenario_gives_the_exact_figures_of_the_contract,
     arrival_order_and_batching_do_not_change_any_figure,
     unknown_and_malformed_requests_are_answered_as_the_contract_says,

@@ -68,11 +68,18 @@ impl QueryState {
     }
 }
 
-/// Indicator documents by (fiscal year, organization), valid while the store's version
-/// are the ones they were computed at: figures only change when the projector applies.
+/// Documents by (kind, fiscal year, organization), valid while the store's version is the one
+/// they were computed at: figures only change when the projector applies.
 #[derive(Default)]
 struct IndicatorCache {
-    entries: HashMap<(FiscalYear, Option<String>), (i64, Value)>,
+    entries: HashMap<(Document, FiscalYear, Option<String>), (i64, Value)>,
+}
+
+/// The kinds of cached document.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+enum Document {
+    Indicators,
+    Monthly,
 }
 
 const CACHE_ENTRIES: usize = 4_096;
@@ -82,6 +89,7 @@ pub fn router(state: Arc<QueryState>) -> Router {
     Router::new()
         .route("/", get(dashboard))
         .route("/v1/indicators", get(indicators))
+        .route("/v1/indicators/monthly", get(monthly))
         .route("/v1/consultations/{consultation_id}", get(consultation))
         .route("/v1/pipeline", get(pipeline))
         .route("/v1/openapi.json", get(openapi))
@@ -187,7 +195,32 @@ async fn indicators(
     headers: HeaderMap,
     Query(params): Query<IndicatorParams>,
 ) -> Result<Json<Value>, QueryError> {
-    let scope = authorize(&state, &headers)?;
+    let (fiscal_year, organization_id) = scoped_year(&state, &headers, params)?;
+    Ok(Json(indicator_document(&state, fiscal_year, organization_id).await?))
+}
+
+/// `GET /v1/indicators/monthly`: the trend series of a fiscal year, month by month.
+async fn monthly(
+    State(state): State<Arc<QueryState>>,
+    headers: HeaderMap,
+    Query(params): Query<IndicatorParams>,
+) -> Result<Json<Value>, QueryError> {
+    let (fiscal_year, organization_id) = scoped_year(&state, &headers, params)?;
+    let doc = cached(&state, Document::Monthly, fiscal_year, organization_id.clone(), || async {
+        let raw = state.store.monthly_raw(fiscal_year, organization_id.as_deref()).await?;
+        let months = tokio::task::spawn_blocking(move || agora_store::monthly_series(fiscal_year, raw))
+            .await
+            .map_err(|e| QueryError::Unexpected(e.into()))?;
+        Ok(json!({ "fiscal_year": fiscal_year, "organization_id": organization_id, "months": months }))
+    })
+    .await?;
+    Ok(Json(doc))
+}
+
+/// Reads the fiscal year and optional organization of a figures request, checking that the
+/// caller's token may read that organization.
+fn scoped_year(state: &QueryState, headers: &HeaderMap, params: IndicatorParams) -> Result<(FiscalYear, Option<String>), QueryError> {
+    let scope = authorize(state, headers)?;
     let label = params.fiscal_year.ok_or_else(|| QueryError::BadRequest("fiscal_year is required, such as 2021-2022".into()))?;
     let fiscal_year: FiscalYear =
         label.parse().map_err(|e: agora_schemas::fiscal::FiscalYearError| QueryError::BadRequest(e.to_string()))?;
@@ -195,14 +228,38 @@ async fn indicators(
     if let Some(org) = &organization_id {
         check_organization(&scope, org)?;
     }
-    Ok(Json(indicator_document(&state, fiscal_year, organization_id).await?))
+    Ok((fiscal_year, organization_id))
 }
 
 /// Returns the indicator document of a fiscal year, from the cache when the store has not
 /// moved since it was computed.
 pub async fn indicator_document(state: &QueryState, fiscal_year: FiscalYear, organization_id: Option<String>) -> Result<Value, QueryError> {
+    cached(state, Document::Indicators, fiscal_year, organization_id.clone(), || async {
+        let raw = state.store.raw_figures(fiscal_year, organization_id.as_deref()).await?;
+        let previous_on_platform = state.store.on_platform(fiscal_year.previous(), organization_id.as_deref()).await?;
+        let figures = Figures::from_raw(raw);
+        let targets = state.targets.iter().map(|t| targets::evaluate(t, &figures.consultations, previous_on_platform)).collect();
+        serde_json::to_value(IndicatorsDocument { fiscal_year, organization_id, figures, targets })
+            .map_err(|e| QueryError::Unexpected(e.into()))
+    })
+    .await
+}
+
+/// Returns the cached document of `kind` for (fiscal year, organization) if the store has not
+/// moved since it was computed, else computes, caches and returns it.
+async fn cached<F, Fut>(
+    state: &QueryState,
+    kind: Document,
+    fiscal_year: FiscalYear,
+    organization_id: Option<String>,
+    compute: F,
+) -> Result<Value, QueryError>
+where
+    F: FnOnce() -> Fut,
+    Fut: std::future::Future<Output = Result<Value, QueryError>>,
+{
     let version = state.store.version().await?;
-    let key = (fiscal_year, organization_id.clone());
+    let key = (kind, fiscal_year, organization_id);
     if let Some((at, doc)) = state.cache.lock().expect("cache lock").entries.get(&key) {
         if *at == version {
             state.metrics.indicator_cache.with_label_values(&["hit"]).inc();
@@ -210,12 +267,7 @@ pub async fn indicator_document(state: &QueryState, fiscal_year: FiscalYear, org
         }
     }
     state.metrics.indicator_cache.with_label_values(&["miss"]).inc();
-    let raw = state.store.raw_figures(fiscal_year, organization_id.as_deref()).await?;
-    let previous_on_platform = state.store.on_platform(fiscal_year.previous(), organization_id.as_deref()).await?;
-    let figures = Figures::from_raw(raw);
-    let targets = state.targets.iter().map(|t| targets::evaluate(t, &figures.consultations, previous_on_platform)).collect();
-    let doc = serde_json::to_value(IndicatorsDocument { fiscal_year, organization_id, figures, targets })
-        .map_err(|e| QueryError::Unexpected(e.into()))?;
+    let doc = compute().await?;
     let mut cache = state.cache.lock().expect("cache lock");
     if cache.entries.len() >= CACHE_ENTRIES {
         cache.entries.clear();

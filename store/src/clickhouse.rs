@@ -30,7 +30,7 @@ use serde::{Deserialize, Serialize};
 use tracing::{info, warn};
 
 use crate::changes::{DeadLetter, RowChange};
-use crate::model::{every_kind, ConsultationFigures, ConsultationView, RawFigures, SuggestionFigures};
+use crate::model::{every_kind, ConsultationFigures, ConsultationView, MonthlyRaw, RawFigures, SuggestionFigures};
 use crate::StoreError;
 
 /// How to reach the server.
@@ -402,6 +402,47 @@ impl ClickHouseStore {
             result_delays_ms,
             suggestions: SuggestionFigures { received, answered, implemented },
         })
+    }
+
+    pub(crate) async fn monthly_raw(&self, fiscal_year: FiscalYear, organization_id: Option<&str>) -> Result<MonthlyRaw, StoreError> {
+        let g = self.active_generation().await?;
+        let year = fiscal_year.start_year();
+        let org = organization_id.unwrap_or("");
+        let openings_ms: Vec<i64> = self
+            .fetch_all(
+                self.client
+                    .query(&format!("SELECT s_opened_at_ms FROM ({state}) WHERE {COUNTED_STATE}", state = state_sql(g)))
+                    .bind(year)
+                    .bind(org)
+                    .bind(org),
+            )
+            .await?;
+        let contributions: Vec<(String, i64)> = self
+            .fetch_all(
+                self.client
+                    .query(&format!("SELECT c_participant, c_at_ms FROM ({counted})", counted = counted_contributions_sql(g)))
+                    .bind(year)
+                    .bind(org)
+                    .bind(org),
+            )
+            .await?;
+        let feedback: Vec<(u8, i64)> = self
+            .fetch_all(
+                self.client
+                    .query(&format!(
+                        "SELECT f_satisfaction, f_at_ms FROM (
+                             SELECT argMax(organization_id, (at_ms, event_id)) AS f_organization,
+                                    argMax(satisfaction, (at_ms, event_id)) AS f_satisfaction, max(at_ms) AS f_at_ms
+                             FROM feedback WHERE generation = {g} AND fiscal_year = ?
+                             GROUP BY participant, scope
+                         ) WHERE (? = '' OR f_organization = ?)"
+                    ))
+                    .bind(year)
+                    .bind(org)
+                    .bind(org),
+            )
+            .await?;
+        Ok(MonthlyRaw { openings_ms, contributions, feedback })
     }
 
     pub(crate) async fn consultation(&self, consultation_id: &str) -> Result<Option<ConsultationView>, StoreError> {
@@ -786,8 +827,8 @@ fn counted_ids_sql(g: u32) -> String {
 fn counted_contributions_sql(g: u32) -> String {
     // The filter sits outside the grouping: 18.16 cannot resolve a subquery under HAVING.
     format!(
-        "SELECT c_participant, c_kind, c_consultation FROM (
-             SELECT contribution_id, argMin(participant, (at_ms, event_id)) AS c_participant,
+        "SELECT c_participant, c_kind, c_consultation, c_at_ms FROM (
+             SELECT contribution_id, min(at_ms) AS c_at_ms, argMin(participant, (at_ms, event_id)) AS c_participant,
                     argMin(kind, (at_ms, event_id)) AS c_kind, argMin(consultation_id, (at_ms, event_id)) AS c_consultation
              FROM contributions
              WHERE generation = {g} AND contribution_id NOT IN (SELECT contribution_id FROM withdrawals WHERE generation = {g})
@@ -810,6 +851,7 @@ fn state_sql(g: u32) -> String {
     };
     format!(
         "SELECT consultation_id, o_organization_id AS s_organization_id, o_fiscal_year AS s_fiscal_year,
+                tupleElement(o_key, 1) AS s_opened_at_ms,
                 m_cancelled AS s_cancelled, m_closed AS s_closed, m_closed_at_ms AS s_closed_at_ms,
                 m_results AS s_results, m_results_at_ms AS s_results_at_ms,
                 if(tf_n > 0 AND tf_key > o_key, tf_value, o_title_fr) AS s_title_fr,

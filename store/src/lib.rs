@@ -16,7 +16,7 @@ use agora_schemas::FiscalYear;
 
 pub use changes::{ConsultationField, DeadLetter, RowChange};
 pub use clickhouse::{ClickHouseRebuild, ClickHouseSettings, ClickHouseStore};
-pub use model::{ConsultationFigures, ConsultationView, Figures, RawFigures};
+pub use model::{monthly_series, ConsultationFigures, ConsultationView, Figures, MonthFigures, MonthlyRaw, RawFigures};
 pub use sqlite::{SqliteRebuild, SqliteStore};
 
 /// Aborts the process at a named point when `AGORA_FAILPOINT` names it: the crash tests'
@@ -77,6 +77,14 @@ impl Store {
         match self {
             Store::Sqlite(store) => store.on_platform(fiscal_year, organization_id.map(str::to_owned)).await,
             Store::ClickHouse(store) => store.on_platform(fiscal_year, organization_id).await,
+        }
+    }
+
+    /// Returns what the monthly series of a fiscal year are made of; see [`MonthlyRaw`].
+    pub async fn monthly_raw(&self, fiscal_year: FiscalYear, organization_id: Option<&str>) -> Result<MonthlyRaw, StoreError> {
+        match self {
+            Store::Sqlite(store) => store.monthly_raw(fiscal_year, organization_id.map(str::to_owned)).await,
+            Store::ClickHouse(store) => store.monthly_raw(fiscal_year, organization_id).await,
         }
     }
 

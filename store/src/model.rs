@@ -138,6 +138,74 @@ pub fn median_days(mut delays_ms: Vec<i64>) -> Option<f64> {
     Some(median_ms / MS_PER_DAY)
 }
 
+/// What monthly series are made of, read from the store for one fiscal year and scope: the
+/// same counted consultations, contributions and feedback as the yearly figures, each with
+/// the instant (epoch ms) it happened.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct MonthlyRaw {
+    /// Openings of the counted consultations.
+    pub openings_ms: Vec<i64>,
+    /// Counted contributions: participant and instant.
+    pub contributions: Vec<(String, i64)>,
+    /// Counted satisfaction responses: score and instant.
+    pub feedback: Vec<(u8, i64)>,
+}
+
+/// One month of `GET /v1/indicators/monthly`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct MonthFigures {
+    /// `YYYY-MM`, in Québec local time (America/Toronto).
+    pub month: String,
+    pub consultations_opened: u64,
+    pub contributions: u64,
+    /// Distinct participants with a counted contribution that month.
+    pub unique_participants: u64,
+    pub satisfaction_responses: u64,
+    pub satisfaction_mean: Option<f64>,
+}
+
+/// Buckets raw monthly data by local month: the twelve months of the fiscal year, then any
+/// later month that holds data (contributions to a year's consultations may come after
+/// March 31), so that the months of a series add up to the yearly totals.
+pub fn monthly_series(fiscal_year: FiscalYear, raw: MonthlyRaw) -> Vec<MonthFigures> {
+    use chrono::{Datelike, TimeZone};
+    use std::collections::HashSet;
+    let month_of = |ms: i64| {
+        let local = agora_schemas::fiscal::ZONE.timestamp_millis_opt(ms).single().map(|t| (t.year(), t.month()));
+        local.unwrap_or((1970, 1))
+    };
+    let mut months: BTreeMap<(i32, u32), (u64, u64, HashSet<String>, u64, u64)> = BTreeMap::new();
+    let first = fiscal_year.start_year();
+    for i in 0..12 {
+        let (year, month) = if i < 9 { (first, 4 + i) } else { (first + 1, i - 8) };
+        months.insert((year, month), Default::default());
+    }
+    for ms in raw.openings_ms {
+        months.entry(month_of(ms)).or_default().0 += 1;
+    }
+    for (participant, ms) in raw.contributions {
+        let entry = months.entry(month_of(ms)).or_default();
+        entry.1 += 1;
+        entry.2.insert(participant);
+    }
+    for (score, ms) in raw.feedback {
+        let entry = months.entry(month_of(ms)).or_default();
+        entry.3 += 1;
+        entry.4 += u64::from(score);
+    }
+    months
+        .into_iter()
+        .map(|((year, month), (opened, contributions, participants, responses, score_sum))| MonthFigures {
+            month: format!("{year:04}-{month:02}"),
+            consultations_opened: opened,
+            contributions,
+            unique_participants: participants.len() as u64,
+            satisfaction_responses: responses,
+            satisfaction_mean: share(score_sum, responses),
+        })
+        .collect()
+}
+
 /// A consultation's state and figures (SPEC §4 `GET /v1/consultations/{id}`).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct ConsultationView {
@@ -169,6 +237,28 @@ mod tests {
         assert_eq!(figures.results.published_share, None);
         assert_eq!(figures.results.median_days_to_results, None);
         assert_eq!(figures.participation.contributions_by_kind.len(), CONTRIBUTION_KINDS.len());
+    }
+
+    #[test]
+    fn buckets_months_in_quebec_time_and_keeps_months_after_march() {
+        // 2024-05-01 03:30 UTC is still April 30 in Québec (EDT, UTC-4).
+        let april_30_local = 1_714_534_200_000;
+        // 2025-04-02 12:00 UTC: after the fiscal year, still counted.
+        let april_2025 = 1_743_595_200_000;
+        let raw = MonthlyRaw {
+            openings_ms: vec![april_30_local],
+            contributions: vec![("p1".into(), april_30_local), ("p1".into(), april_30_local), ("p2".into(), april_2025)],
+            feedback: vec![(5, april_30_local), (2, april_30_local)],
+        };
+        let series = monthly_series(FiscalYear::starting_in(2024), raw);
+        assert_eq!(series.len(), 13);
+        assert_eq!(series[0].month, "2024-04");
+        assert_eq!((series[0].consultations_opened, series[0].contributions, series[0].unique_participants), (1, 2, 1));
+        assert_eq!(series[0].satisfaction_mean, Some(3.5));
+        assert_eq!(series[1].month, "2024-05");
+        assert_eq!(series[1].contributions, 0);
+        assert_eq!(series[11].month, "2025-03");
+        assert_eq!((series[12].month.as_str(), series[12].contributions), ("2025-04", 1));
     }
 
     #[test]

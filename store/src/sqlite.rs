@@ -14,7 +14,7 @@ use anyhow::Context;
 use rusqlite::{params, Connection, OptionalExtension, Transaction};
 
 use crate::changes::{DeadLetter, RowChange};
-use crate::model::{every_kind, ConsultationFigures, ConsultationView, RawFigures, SuggestionFigures};
+use crate::model::{every_kind, ConsultationFigures, ConsultationView, MonthlyRaw, RawFigures, SuggestionFigures};
 use crate::StoreError;
 
 /// File name of the embedded store inside the data folder.
@@ -219,6 +219,30 @@ impl SqliteStore {
 
     pub(crate) async fn raw_figures(&self, fiscal_year: FiscalYear, organization_id: Option<String>) -> Result<RawFigures, StoreError> {
         self.read(move |conn| raw_figures(conn, fiscal_year.start_year(), organization_id.as_deref())).await
+    }
+
+    pub(crate) async fn monthly_raw(&self, fiscal_year: FiscalYear, organization_id: Option<String>) -> Result<MonthlyRaw, StoreError> {
+        self.read(move |conn| {
+            let args = params![fiscal_year.start_year(), organization_id];
+            let openings_ms = conn
+                .prepare_cached(&format!("SELECT opened_at_ms FROM consultations WHERE consultation_id IN ({COUNTED_CONSULTATIONS})"))?
+                .query_map(args, |r| r.get(0))?
+                .collect::<Result<_, _>>()?;
+            let contributions = conn
+                .prepare_cached(&format!(
+                    "SELECT k.participant, k.at_ms FROM contributions k
+                     WHERE k.consultation_id IN ({COUNTED_CONSULTATIONS})
+                       AND NOT EXISTS (SELECT 1 FROM withdrawals w WHERE w.contribution_id = k.contribution_id)"
+                ))?
+                .query_map(args, |r| Ok((r.get(0)?, r.get(1)?)))?
+                .collect::<Result<_, _>>()?;
+            let feedback = conn
+                .prepare_cached("SELECT satisfaction, at_ms FROM feedback WHERE fiscal_year = ?1 AND (?2 IS NULL OR organization_id = ?2)")?
+                .query_map(args, |r| Ok((r.get(0)?, r.get(1)?)))?
+                .collect::<Result<_, _>>()?;
+            Ok(MonthlyRaw { openings_ms, contributions, feedback })
+        })
+        .await
     }
 
     pub(crate) async fn consultation(&self, consultation_id: String) -> Result<Option<ConsultationView>, StoreError> {
