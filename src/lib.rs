@@ -1,10 +1,12 @@
 //! The `agora` binary's library: configuration, the wiring of roles into processes, and the
-//! commands that are not roles (demo, synthetic data, import). `main.rs` only parses the
+//! commands that are not roles (demo, synthetic data, import, export, audit). `main.rs` only parses the
 //! command line and calls in here.
 
 pub mod app;
+pub mod audit;
 pub mod config;
 pub mod demo;
+pub mod export;
 pub mod import;
 pub mod synth;
 pub mod telemetry;

@@ -10,6 +10,7 @@ use agora::app::{open_backends, open_store, run, shutdown_on_signals, Roles};
 use agora::config::{Config, DEFAULT_LISTEN};
 use agora::demo::{run_demo, DemoOptions};
 use agora::synth::{generate, SynthOptions};
+use agora_schemas::FiscalYear;
 use anyhow::Context;
 use clap::{Args, Parser, Subcommand};
 
@@ -46,6 +47,12 @@ impl Synthetic {
     }
 }
 
+#[derive(Clone, Copy, clap::ValueEnum)]
+enum ExportFormat {
+    Csv,
+    Parquet,
+}
+
 #[derive(Subcommand)]
 enum Command {
     /// Runs the whole service on embedded storage in a fresh folder, loaded with a synthetic history.
@@ -74,6 +81,31 @@ enum Command {
     },
     /// Rebuilds the read models from the beginning of the log, replacing them at once when done.
     Replay {
+        /// Folder of the embedded log and store.
+        #[arg(long, value_name = "DIR")]
+        data_dir: Option<PathBuf>,
+    },
+    /// Writes the indicators of a range of fiscal years, whole government and every public
+    /// body, as CSV or Parquet (the open-data export; columns in README.md).
+    Export {
+        #[arg(long, value_enum, default_value = "csv")]
+        format: ExportFormat,
+        /// File to write; CSV goes to standard output without it.
+        #[arg(long, short)]
+        output: Option<PathBuf>,
+        /// First fiscal year, such as 2021-2022 (default: the first the store holds).
+        #[arg(long, value_name = "FY")]
+        from: Option<FiscalYear>,
+        /// Last fiscal year (default: the last the store holds).
+        #[arg(long, value_name = "FY")]
+        to: Option<FiscalYear>,
+        /// Folder of the embedded store.
+        #[arg(long, value_name = "DIR")]
+        data_dir: Option<PathBuf>,
+    },
+    /// Recomputes every indicator from the raw event log (polars, independently of the
+    /// projector) and lists each figure the store serves differently; exits 1 on any.
+    Audit {
         /// Folder of the embedded log and store.
         #[arg(long, value_name = "DIR")]
         data_dir: Option<PathBuf>,
@@ -154,6 +186,47 @@ async fn execute(command: Command) -> anyhow::Result<ExitCode> {
             .await?;
             bar.finish_and_clear();
             println!("rebuilt the read models from {} records ({} dead-lettered)", summary.records, summary.dead_letters);
+        }
+        Command::Export { format, output, from, to, data_dir } => {
+            let config = Config::from_env(None, data_dir)?;
+            let backends = open_backends(&config).await?;
+            let format = match format {
+                ExportFormat::Csv => agora_query::exports::Format::Csv,
+                ExportFormat::Parquet => agora_query::exports::Format::Parquet,
+            };
+            let rows = agora::export::export(&config, backends, format, from, to, output.as_deref()).await?;
+            eprintln!("exported {rows} rows");
+        }
+        Command::Audit { data_dir } => {
+            let config = Config::from_env(None, data_dir)?;
+            let backends = open_backends(&config).await?;
+            let bar = agora::progress(0, "reading log");
+            let report = agora::audit::audit(&backends.log, &backends.store, config.targets.clone(), |done, total| {
+                bar.set_length(total);
+                bar.set_position(done);
+            })
+            .await?;
+            bar.finish_and_clear();
+            for d in &report.differences {
+                println!(
+                    "{} {}: {} recomputed {} served {}",
+                    d.fiscal_year,
+                    d.organization_id.as_deref().unwrap_or("government"),
+                    d.figure,
+                    d.recomputed,
+                    d.served
+                );
+            }
+            println!(
+                "audited {} records ({} undecodable) against {} indicator documents: {} differences",
+                report.records,
+                report.undecodable,
+                report.documents,
+                report.differences.len()
+            );
+            if !report.differences.is_empty() {
+                return Ok(ExitCode::from(1));
+            }
         }
         Command::Generate { synthetic, output } => {
             let events = tokio::task::spawn_blocking(move || generate(&synthetic.options())).await?;

@@ -3,6 +3,7 @@
 //! asked for its end positions, never for events). Read tokens are scoped to all of
 //! government or to one organization.
 
+pub mod exports;
 pub mod metrics;
 pub mod targets;
 
@@ -90,6 +91,8 @@ pub fn router(state: Arc<QueryState>) -> Router {
         .route("/", get(dashboard))
         .route("/v1/indicators", get(indicators))
         .route("/v1/indicators/monthly", get(monthly))
+        .route("/v1/exports/indicators.csv", get(export_csv))
+        .route("/v1/exports/indicators.parquet", get(export_parquet))
         .route("/v1/consultations/{consultation_id}", get(consultation))
         .route("/v1/pipeline", get(pipeline))
         .route("/v1/openapi.json", get(openapi))
@@ -217,6 +220,50 @@ async fn monthly(
     Ok(Json(doc))
 }
 
+#[derive(Debug, Deserialize)]
+struct ExportParams {
+    from: Option<String>,
+    to: Option<String>,
+}
+
+async fn export_csv(
+    state: State<Arc<QueryState>>,
+    headers: HeaderMap,
+    params: Query<ExportParams>,
+) -> Result<impl IntoResponse, QueryError> {
+    export(state, headers, params, exports::Format::Csv).await
+}
+
+async fn export_parquet(
+    state: State<Arc<QueryState>>,
+    headers: HeaderMap,
+    params: Query<ExportParams>,
+) -> Result<impl IntoResponse, QueryError> {
+    export(state, headers, params, exports::Format::Parquet).await
+}
+
+/// `GET /v1/exports/indicators.{csv,parquet}`: every fiscal year from `from` to `to`, for the
+/// whole government and each public body the token may read.
+async fn export(
+    State(state): State<Arc<QueryState>>,
+    headers: HeaderMap,
+    Query(params): Query<ExportParams>,
+    format: exports::Format,
+) -> Result<impl IntoResponse, QueryError> {
+    let scope = authorize(&state, &headers)?;
+    let year = |label: Option<String>, name: &str| -> Result<Option<FiscalYear>, QueryError> {
+        label
+            .filter(|l| !l.is_empty())
+            .map(|l| l.parse().map_err(|e: agora_schemas::fiscal::FiscalYearError| QueryError::BadRequest(format!("{name}: {e}"))))
+            .transpose()
+    };
+    let (from, to) = (year(params.from, "from")?, year(params.to, "to")?);
+    let documents = exports::documents(&state, &scope, from, to).await?;
+    let bytes = exports::export(documents, format).await?;
+    let disposition = format!("attachment; filename=\"agora-indicators.{}\"", format.extension());
+    Ok(([(header::CONTENT_TYPE, format.content_type().to_owned()), (header::CONTENT_DISPOSITION, disposition)], bytes))
+}
+
 /// Reads the fiscal year and optional organization of a figures request, checking that the
 /// caller's token may read that organization.
 fn scoped_year(state: &QueryState, headers: &HeaderMap, params: IndicatorParams) -> Result<(FiscalYear, Option<String>), QueryError> {
@@ -237,12 +284,24 @@ pub async fn indicator_document(state: &QueryState, fiscal_year: FiscalYear, org
     cached(state, Document::Indicators, fiscal_year, organization_id.clone(), || async {
         let raw = state.store.raw_figures(fiscal_year, organization_id.as_deref()).await?;
         let previous_on_platform = state.store.on_platform(fiscal_year.previous(), organization_id.as_deref()).await?;
-        let figures = Figures::from_raw(raw);
-        let targets = state.targets.iter().map(|t| targets::evaluate(t, &figures.consultations, previous_on_platform)).collect();
-        serde_json::to_value(IndicatorsDocument { fiscal_year, organization_id, figures, targets })
-            .map_err(|e| QueryError::Unexpected(e.into()))
+        document_from_raw(&state.targets, fiscal_year, organization_id, raw, previous_on_platform)
     })
     .await
+}
+
+/// Builds the indicator document from raw counts and the previous year's consultations on the
+/// platform: the one derivation of shares, means, medians and targets (the audit uses it too).
+pub fn document_from_raw(
+    targets: &[TargetDefinition],
+    fiscal_year: FiscalYear,
+    organization_id: Option<String>,
+    raw: agora_store::RawFigures,
+    previous_on_platform: u64,
+) -> Result<Value, QueryError> {
+    let figures = Figures::from_raw(raw);
+    let targets = targets.iter().map(|t| targets::evaluate(t, &figures.consultations, previous_on_platform)).collect();
+    serde_json::to_value(IndicatorsDocument { fiscal_year, organization_id, figures, targets })
+        .map_err(|e| QueryError::Unexpected(e.into()))
 }
 
 /// Returns the cached document of `kind` for (fiscal year, organization) if the store has not

@@ -30,7 +30,7 @@ use serde::{Deserialize, Serialize};
 use tracing::{info, warn};
 
 use crate::changes::{DeadLetter, RowChange};
-use crate::model::{every_kind, ConsultationFigures, ConsultationView, MonthlyRaw, RawFigures, SuggestionFigures};
+use crate::model::{every_kind, ConsultationFigures, ConsultationView, Coverage, MonthlyRaw, RawFigures, SuggestionFigures};
 use crate::StoreError;
 
 /// How to reach the server.
@@ -402,6 +402,29 @@ impl ClickHouseStore {
             result_delays_ms,
             suggestions: SuggestionFigures { received, answered, implemented },
         })
+    }
+
+    pub(crate) async fn coverage(&self) -> Result<Coverage, StoreError> {
+        let g = self.active_generation().await?;
+        let organizations: Vec<String> = self
+            .fetch_all(self.client.query(&format!(
+                "SELECT DISTINCT organization_id FROM (
+                     SELECT s_organization_id AS organization_id FROM ({state})
+                     UNION ALL SELECT organization_id FROM feedback WHERE generation = {g}
+                 ) ORDER BY organization_id",
+                state = state_sql(g)
+            )))
+            .await?;
+        let years: Vec<i32> = self
+            .fetch_all(self.client.query(&format!(
+                "SELECT DISTINCT fiscal_year FROM (
+                     SELECT s_fiscal_year AS fiscal_year FROM ({state})
+                     UNION ALL SELECT fiscal_year FROM feedback WHERE generation = {g}
+                 ) ORDER BY fiscal_year",
+                state = state_sql(g)
+            )))
+            .await?;
+        Ok(Coverage { organizations, fiscal_years: years.into_iter().map(FiscalYear::starting_in).collect() })
     }
 
     pub(crate) async fn monthly_raw(&self, fiscal_year: FiscalYear, organization_id: Option<&str>) -> Result<MonthlyRaw, StoreError> {

@@ -16,7 +16,9 @@ use agora_schemas::FiscalYear;
 
 pub use changes::{ConsultationField, DeadLetter, RowChange};
 pub use clickhouse::{ClickHouseRebuild, ClickHouseSettings, ClickHouseStore};
-pub use model::{monthly_series, ConsultationFigures, ConsultationView, Figures, MonthFigures, MonthlyRaw, RawFigures};
+pub use model::{
+    monthly_series, ConsultationFigures, ConsultationView, Coverage, Figures, MonthFigures, MonthlyRaw, RawFigures, SuggestionFigures,
+};
 pub use sqlite::{SqliteRebuild, SqliteStore};
 
 /// Aborts the process at a named point when `AGORA_FAILPOINT` names it: the crash tests'
@@ -77,6 +79,14 @@ impl Store {
         match self {
             Store::Sqlite(store) => store.on_platform(fiscal_year, organization_id.map(str::to_owned)).await,
             Store::ClickHouse(store) => store.on_platform(fiscal_year, organization_id).await,
+        }
+    }
+
+    /// Returns the organizations and fiscal years the store holds figures for.
+    pub async fn coverage(&self) -> Result<Coverage, StoreError> {
+        match self {
+            Store::Sqlite(store) => store.coverage().await,
+            Store::ClickHouse(store) => store.coverage().await,
         }
     }
 

@@ -151,6 +151,14 @@ pub struct MonthlyRaw {
     pub feedback: Vec<(u8, i64)>,
 }
 
+/// What the store holds figures for: every organization with a consultation or feedback, and
+/// every fiscal year with a consultation opened or feedback given, both sorted.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Coverage {
+    pub organizations: Vec<String>,
+    pub fiscal_years: Vec<FiscalYear>,
+}
+
 /// One month of `GET /v1/indicators/monthly`.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct MonthFigures {

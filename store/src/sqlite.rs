@@ -14,7 +14,7 @@ use anyhow::Context;
 use rusqlite::{params, Connection, OptionalExtension, Transaction};
 
 use crate::changes::{DeadLetter, RowChange};
-use crate::model::{every_kind, ConsultationFigures, ConsultationView, MonthlyRaw, RawFigures, SuggestionFigures};
+use crate::model::{every_kind, ConsultationFigures, ConsultationView, Coverage, MonthlyRaw, RawFigures, SuggestionFigures};
 use crate::StoreError;
 
 /// File name of the embedded store inside the data folder.
@@ -219,6 +219,27 @@ impl SqliteStore {
 
     pub(crate) async fn raw_figures(&self, fiscal_year: FiscalYear, organization_id: Option<String>) -> Result<RawFigures, StoreError> {
         self.read(move |conn| raw_figures(conn, fiscal_year.start_year(), organization_id.as_deref())).await
+    }
+
+    pub(crate) async fn coverage(&self) -> Result<Coverage, StoreError> {
+        self.read(|conn| {
+            let organizations = conn
+                .prepare_cached(
+                    "SELECT organization_id FROM consultations WHERE opened_at_ms IS NOT NULL
+                     UNION SELECT organization_id FROM feedback ORDER BY 1",
+                )?
+                .query_map([], |r| r.get(0))?
+                .collect::<Result<_, _>>()?;
+            let years: Vec<i32> = conn
+                .prepare_cached(
+                    "SELECT fiscal_year FROM consultations WHERE opened_at_ms IS NOT NULL
+                     UNION SELECT fiscal_year FROM feedback ORDER BY 1",
+                )?
+                .query_map([], |r| r.get(0))?
+                .collect::<Result<_, _>>()?;
+            Ok(Coverage { organizations, fiscal_years: years.into_iter().map(FiscalYear::starting_in).collect() })
+        })
+        .await
     }
 
     pub(crate) async fn monthly_raw(&self, fiscal_year: FiscalYear, organization_id: Option<String>) -> Result<MonthlyRaw, StoreError> {
