@@ -11,64 +11,34 @@
 //!    from ClickHouse; the rest are served from the cache.
 //!
 //! The broker is a private Tansu from `AGORA_TANSU_BIN`; the ClickHouse server a private
-//! `clickhouse-server` (DESIGN.md's overrides) from `AGORA_CLICKHOUSE_SERVER_BIN`.
+//! `clickhouse-server` (DESIGN.md's overrides) from `AGORA_CLICKHOUSE_SERVER_BIN`: the ones the
+//! test suite starts.
 //!
 //! cargo build --release --bin agora --example bench_clickhouse
 //! target/release/examples/bench_clickhouse [EVENTS] [BATCH] [CONCURRENCY]
 
-use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use agora::synth::{generate, SynthOptions};
-
 mod common;
-use common::{free_port, pct, peak_rss, post_all, wait_caught_up, INGEST, READ};
-
-const TABLES: &[&str] = &[
-    "consultation_openings",
-    "consultation_marks",
-    "consultation_fields",
-    "contributions",
-    "withdrawals",
-    "visits",
-    "feedback",
-    "triage",
-    "suggestion_texts",
-    "log_positions",
-    "batches",
-];
+use common::services::{Broker, ClickHouse};
+use common::{agora_binary, bench_args, free_port, pct, peak_rss, post_all, synthetic, wait_caught_up, INGEST, READ};
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
-    let args: Vec<usize> = std::env::args().skip(1).map(|a| a.parse().expect("numeric arguments")).collect();
-    let events_wanted = args.first().copied().unwrap_or(1_000_000);
-    let batch = args.get(1).copied().unwrap_or(1_000);
-    let concurrency = args.get(2).copied().unwrap_or(4);
-    let binary = std::env::current_exe()?.parent().and_then(|p| p.parent()).map(|p| p.join("agora")).expect("target folder");
-    anyhow::ensure!(binary.exists(), "build the server first: cargo build --release ({} missing)", binary.display());
+    let (events_wanted, batch, concurrency) = bench_args();
+    let binary = agora_binary()?;
     let work = tempfile::tempdir()?;
 
-    let broker_port = free_port()?;
-    let tansu = std::env::var("AGORA_TANSU_BIN").unwrap_or_else(|_| "tansu".into());
-    let broker_url = format!("tcp://127.0.0.1:{broker_port}");
-    let mut broker = Command::new(&tansu)
-        .args(["broker", "--listener-url", &broker_url, "--advertised-listener-url", &broker_url, "--storage-engine", "memory://tansu/"])
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()?;
-    let (http_port, tcp_port) = (free_port()?, free_port()?);
-    let mut clickhouse = start_clickhouse(work.path(), http_port, tcp_port)?;
-    for port in [broker_port, http_port] {
-        while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
-    }
+    // The same private servers the test suite starts (tests/common/services.rs).
+    let broker = tokio::task::spawn_blocking(Broker::start).await?;
+    let mut clickhouse = tokio::task::spawn_blocking(ClickHouse::start).await?;
+    let tcp_port = clickhouse.tcp_port;
     let env = [
-        ("AGORA_KAFKA_BROKERS", format!("127.0.0.1:{broker_port}")),
+        ("AGORA_KAFKA_BROKERS", broker.address.clone()),
         ("AGORA_KAFKA_SESSION_TIMEOUT_MS", "6000".into()),
         ("AGORA_KAFKA_HEARTBEAT_MS", "500".into()),
-        ("AGORA_CLICKHOUSE_URL", format!("http://127.0.0.1:{http_port}")),
+        ("AGORA_CLICKHOUSE_URL", clickhouse.url.clone()),
         ("AGORA_CLICKHOUSE_DATABASE", "bench".into()),
         ("AGORA_INGEST_TOKENS", format!("bench:{INGEST}")),
         ("AGORA_READ_TOKENS", format!("*:{READ}")),
@@ -84,17 +54,14 @@ async fn main() -> anyhow::Result<()> {
             .spawn()?)
     };
 
-    eprintln!("generating {events_wanted} events");
-    let scale = events_wanted as f64 / 620_000.0;
-    let mut events = generate(&SynthOptions { scale, ..SynthOptions::default() });
-    events.truncate(events_wanted);
+    let events = synthetic(events_wanted);
     let total = events.len();
     let bodies: Vec<String> = events.chunks(batch).map(|chunk| chunk.iter().map(|e| e.to_string() + "\n").collect()).collect();
     drop(events);
 
     // 1. Fill the topic through the ingest role.
     let client = reqwest::Client::new();
-    let (ingest_port, query_port, project_port) = (free_port()?, free_port()?, free_port()?);
+    let (ingest_port, query_port, project_port) = (free_port(), free_port(), free_port());
     let mut ingest = role("ingest", ingest_port)?;
     let ingest_url = format!("http://127.0.0.1:{ingest_port}");
     wait_ready(&client, &ingest_url).await;
@@ -127,7 +94,7 @@ async fn main() -> anyhow::Result<()> {
     };
     let mut raw_rows = 0u64;
     let mut raw_insert = Duration::ZERO;
-    for table in TABLES {
+    for table in agora_store::clickhouse::TABLES {
         if sql(&format!("SELECT count() FROM {table}"))?.trim() == "0" {
             continue;
         }
@@ -174,8 +141,8 @@ async fn main() -> anyhow::Result<()> {
     }
     let query_rss = peak_rss(&query);
     stop(&mut query);
-    stop(&mut clickhouse);
-    stop(&mut broker);
+    clickhouse.stop();
+    drop(broker);
 
     let rate = |d: Duration| total as f64 / d.as_secs_f64();
     println!("events:                      {total} in batches of {batch}, {concurrency} concurrent requests");
@@ -198,29 +165,6 @@ async fn main() -> anyhow::Result<()> {
     println!("agora project peak RSS:      {projector_rss}");
     println!("agora query peak RSS:        {query_rss}");
     Ok(())
-}
-
-fn start_clickhouse(dir: &Path, http_port: u16, tcp_port: u16) -> anyhow::Result<Child> {
-    let bin = std::env::var("AGORA_CLICKHOUSE_SERVER_BIN").unwrap_or_else(|_| "/usr/sbin/clickhouse-server".into());
-    let d = dir.join("clickhouse");
-    std::fs::create_dir_all(&d)?;
-    let d = d.display();
-    Ok(Command::new(bin)
-        .arg("--config-file=/etc/clickhouse-server/config.xml")
-        .arg("--")
-        .arg(format!("--http_port={http_port}"))
-        .arg(format!("--tcp_port={tcp_port}"))
-        .arg(format!("--interserver_http_port={}", free_port()?))
-        .arg("--listen_host=127.0.0.1")
-        .arg(format!("--path={d}/data/"))
-        .arg(format!("--tmp_path={d}/tmp/"))
-        .arg(format!("--logger.log={d}/ch.log"))
-        .arg(format!("--logger.errorlog={d}/err.log"))
-        .arg(format!("--user_files_path={d}/uf/"))
-        .arg(format!("--format_schema_path={d}/fs/"))
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()?)
 }
 
 async fn wait_ready(client: &reqwest::Client, url: &str) {

@@ -8,31 +8,22 @@
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use agora::synth::{generate, SynthOptions};
-
 mod common;
-use common::{free_port, pct, peak_rss, post_all, wait_caught_up, INGEST, READ};
+use common::{agora_binary, bench_args, free_port, pct, peak_rss, post_all, synthetic, wait_caught_up, INGEST, READ};
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
-    let args: Vec<usize> = std::env::args().skip(1).map(|a| a.parse().expect("numeric arguments")).collect();
-    let events_wanted = args.first().copied().unwrap_or(1_000_000);
-    let batch = args.get(1).copied().unwrap_or(1_000);
-    let concurrency = args.get(2).copied().unwrap_or(4);
+    let (events_wanted, batch, concurrency) = bench_args();
 
-    let binary = std::env::current_exe()?.parent().and_then(|p| p.parent()).map(|p| p.join("agora")).expect("target folder");
-    anyhow::ensure!(binary.exists(), "build the server first: cargo build --release ({} missing)", binary.display());
+    let binary = agora_binary()?;
 
-    eprintln!("generating {events_wanted} events");
-    let scale = events_wanted as f64 / 620_000.0;
-    let mut events = generate(&SynthOptions { scale, ..SynthOptions::default() });
-    events.truncate(events_wanted);
+    let events = synthetic(events_wanted);
     let total = events.len();
     let bodies: Vec<String> = events.chunks(batch).map(|chunk| chunk.iter().map(|e| e.to_string() + "\n").collect()).collect();
     drop(events);
 
     let dir = tempfile::tempdir()?;
-    let port = free_port()?;
+    let port = free_port();
     let url = format!("http://127.0.0.1:{port}");
     let mut server = Command::new(&binary)
         .args(["serve", "--listen", &format!("127.0.0.1:{port}"), "--data-dir"])

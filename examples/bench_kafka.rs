@@ -14,7 +14,6 @@
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use agora::synth::{generate, SynthOptions};
 use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
 use rdkafka::client::DefaultClientContext;
 use rdkafka::consumer::{BaseConsumer, Consumer};
@@ -22,24 +21,20 @@ use rdkafka::producer::{FutureProducer, FutureRecord};
 use rdkafka::{ClientConfig, Offset, TopicPartitionList};
 
 mod common;
-use common::{free_port, pct, peak_rss, post_all, wait_caught_up, INGEST, READ};
+use common::{agora_binary, bench_args, free_port, pct, peak_rss, post_all, synthetic, wait_caught_up, INGEST, READ};
 
 const PARTITIONS: i32 = 6;
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
-    let args: Vec<usize> = std::env::args().skip(1).map(|a| a.parse().expect("numeric arguments")).collect();
-    let events_wanted = args.first().copied().unwrap_or(1_000_000);
-    let batch = args.get(1).copied().unwrap_or(1_000);
-    let concurrency = args.get(2).copied().unwrap_or(4);
+    let (events_wanted, batch, concurrency) = bench_args();
 
-    let binary = std::env::current_exe()?.parent().and_then(|p| p.parent()).map(|p| p.join("agora")).expect("target folder");
-    anyhow::ensure!(binary.exists(), "build the server first: cargo build --release ({} missing)", binary.display());
+    let binary = agora_binary()?;
 
     let (brokers, mut broker) = match std::env::var("AGORA_BENCH_BROKERS") {
         Ok(brokers) => (brokers, None),
         Err(_) => {
-            let port = free_port()?;
+            let port = free_port();
             let tansu = std::env::var("AGORA_TANSU_BIN").unwrap_or_else(|_| "tansu".into());
             let url = format!("tcp://127.0.0.1:{port}");
             let child = Command::new(&tansu)
@@ -54,10 +49,7 @@ async fn main() -> anyhow::Result<()> {
         }
     };
 
-    eprintln!("generating {events_wanted} events");
-    let scale = events_wanted as f64 / 620_000.0;
-    let mut events = generate(&SynthOptions { scale, ..SynthOptions::default() });
-    events.truncate(events_wanted);
+    let events = synthetic(events_wanted);
     let total = events.len();
     let lines: Vec<(String, String)> = events
         .iter()
@@ -126,7 +118,7 @@ async fn main() -> anyhow::Result<()> {
 
     // 3. Agora end to end.
     let dir = tempfile::tempdir()?;
-    let port = free_port()?;
+    let port = free_port();
     let url = format!("http://127.0.0.1:{port}");
     let mut server = Command::new(&binary)
         .args(["serve", "--listen", &format!("127.0.0.1:{port}"), "--data-dir"])

@@ -1,6 +1,11 @@
-//! What the benchmarks share: posting NDJSON bodies with bounded concurrency, waiting for
-//! lag 0, percentiles, peak RSS.
+//! What the benchmarks share: their command line, the release binary, the synthetic
+//! history, posting NDJSON bodies with bounded concurrency, waiting for lag 0, percentiles,
+//! peak RSS, and (from the test suite) private Tansu and ClickHouse servers.
 #![allow(dead_code)]
+
+#[path = "../../tests/common/services.rs"]
+pub mod services;
+pub use services::free_port;
 
 use std::process::Child;
 use std::sync::Arc;
@@ -9,6 +14,29 @@ use std::time::{Duration, Instant};
 use serde_json::Value;
 
 pub const INGEST: &str = "bench-ingest";
+
+/// Returns the command line `[EVENTS] [BATCH] [CONCURRENCY]`, defaulting to 1,000,000 events
+/// in batches of 1,000 with 4 requests in flight.
+pub fn bench_args() -> (usize, usize, usize) {
+    let args: Vec<usize> = std::env::args().skip(1).map(|a| a.parse().expect("numeric arguments")).collect();
+    (args.first().copied().unwrap_or(1_000_000), args.get(1).copied().unwrap_or(1_000), args.get(2).copied().unwrap_or(4))
+}
+
+/// Returns the `agora` binary built beside this example (release, for figures worth quoting).
+pub fn agora_binary() -> anyhow::Result<std::path::PathBuf> {
+    let binary = std::env::current_exe()?.parent().and_then(|p| p.parent()).map(|p| p.join("agora")).expect("target folder");
+    anyhow::ensure!(binary.exists(), "build the server first: cargo build --release ({} missing)", binary.display());
+    Ok(binary)
+}
+
+/// Returns `count` events of the synthetic history (the demo's, scaled).
+pub fn synthetic(count: usize) -> Vec<Value> {
+    eprintln!("generating {count} events");
+    let scale = count as f64 / 620_000.0;
+    let mut events = agora::synth::generate(&agora::synth::SynthOptions { scale, ..agora::synth::SynthOptions::default() });
+    events.truncate(count);
+    events
+}
 pub const READ: &str = "bench-read";
 
 /// Posts every body to `{url}/v1/events`, `concurrency` at a time, asserting 202s; returns
@@ -64,9 +92,4 @@ pub fn pct(samples: &mut [Duration], q: f64) -> f64 {
 pub fn peak_rss(child: &Child) -> String {
     let status = std::fs::read_to_string(format!("/proc/{}/status", child.id())).unwrap_or_default();
     status.lines().find(|l| l.starts_with("VmHWM")).map(|l| l.split_whitespace().skip(1).collect::<Vec<_>>().join(" ")).unwrap_or_default()
-}
-
-/// Returns a loopback port nobody listens on right now.
-pub fn free_port() -> anyhow::Result<u16> {
-    Ok(std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
 }

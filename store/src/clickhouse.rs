@@ -49,7 +49,7 @@ const BUILDING: u8 = 1;
 const ACTIVE: u8 = 2;
 
 /// Every table holding read-model rows, all partitioned by generation.
-const TABLES: &[&str] = &[
+pub const TABLES: &[&str] = &[
     "consultation_openings",
     "consultation_marks",
     "consultation_fields",

@@ -115,7 +115,7 @@ fn signal(child: &Child, sig: &str) {
 pub struct ClickHouse {
     child: Option<Child>,
     pub http_port: u16,
-    tcp_port: u16,
+    pub tcp_port: u16,
     interserver_port: u16,
     pub url: String,
     dir: TempDir,
