@@ -9,7 +9,7 @@ use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 mod common;
-use common::{agora_binary, bench_args, free_port, pct, peak_rss, post_all, synthetic, wait_caught_up, INGEST, READ};
+use common::{agora_binary, bench_args, free_port, pct, peak_rss, post_all, synthetic_bodies, wait_caught_up, INGEST, READ};
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
@@ -17,10 +17,8 @@ async fn main() -> anyhow::Result<()> {
 
     let binary = agora_binary()?;
 
-    let events = synthetic(events_wanted);
-    let total = events.len();
-    let bodies: Vec<String> = events.chunks(batch).map(|chunk| chunk.iter().map(|e| e.to_string() + "\n").collect()).collect();
-    drop(events);
+    let total = events_wanted;
+    let bodies = synthetic_bodies(total, batch);
 
     let dir = tempfile::tempdir()?;
     let port = free_port();

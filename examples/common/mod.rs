@@ -29,13 +29,63 @@ pub fn agora_binary() -> anyhow::Result<std::path::PathBuf> {
     Ok(binary)
 }
 
-/// Returns `count` events of the synthetic history (the demo's, scaled).
-pub fn synthetic(count: usize) -> Vec<Value> {
+/// Events generated at a time: longer histories are made of segments, each with a seed of
+/// its own and its consultation and contribution ids suffixed, so that 10M events never sit in
+/// memory as JSON values at once.
+const SEGMENT: usize = 1_000_000;
+
+/// Calls `each` with `count` events of the synthetic history (the demo's, scaled), a
+/// segment at a time.
+pub fn synthetic_each(count: usize, mut each: impl FnMut(Value)) {
     eprintln!("generating {count} events");
-    let scale = count as f64 / 620_000.0;
-    let mut events = agora::synth::generate(&agora::synth::SynthOptions { scale, ..agora::synth::SynthOptions::default() });
-    events.truncate(count);
+    let defaults = agora::synth::SynthOptions::default();
+    let (mut left, mut segment) = (count, 0u64);
+    while left > 0 {
+        let size = left.min(SEGMENT);
+        let options = agora::synth::SynthOptions { scale: size as f64 / 620_000.0, seed: defaults.seed + segment, ..defaults.clone() };
+        for mut event in agora::synth::generate(&options).into_iter().take(size) {
+            if segment > 0 {
+                suffix(&mut event["consultation_id"], segment);
+                suffix(&mut event["data"]["contribution_id"], segment);
+            }
+            each(event);
+            left -= 1;
+        }
+        segment += 1;
+    }
+}
+
+/// Appends `-s{segment}` to a string id; leaves anything else alone.
+fn suffix(id: &mut Value, segment: u64) {
+    if let Some(text) = id.as_str() {
+        *id = Value::String(format!("{text}-s{segment}"));
+    }
+}
+
+/// Returns `count` events of the synthetic history.
+pub fn synthetic(count: usize) -> Vec<Value> {
+    let mut events = Vec::with_capacity(count);
+    synthetic_each(count, |event| events.push(event));
     events
+}
+
+/// Returns `count` events of the synthetic history as NDJSON bodies of `batch` events.
+pub fn synthetic_bodies(count: usize, batch: usize) -> Vec<String> {
+    let mut bodies = Vec::with_capacity(count.div_ceil(batch));
+    let (mut body, mut lines) = (String::new(), 0);
+    synthetic_each(count, |event| {
+        body.push_str(&event.to_string());
+        body.push('\n');
+        lines += 1;
+        if lines == batch {
+            bodies.push(std::mem::take(&mut body));
+            lines = 0;
+        }
+    });
+    if lines > 0 {
+        bodies.push(body);
+    }
+    bodies
 }
 pub const READ: &str = "bench-read";
 
@@ -70,11 +120,17 @@ pub async fn post_all(client: &reqwest::Client, url: &str, bodies: Vec<String>, 
     Ok(latencies)
 }
 
-/// Polls `/v1/pipeline` until `lag_events` is 0.
+/// Polls `/v1/pipeline` until `lag_events` is 0: the served figures reflect every event.
 pub async fn wait_caught_up(client: &reqwest::Client, url: &str) -> anyhow::Result<()> {
+    wait_pipeline_zero(client, url, "lag_events").await
+}
+
+/// Polls `/v1/pipeline` until its counter `field` is 0 (`projected_lag_events`: the store
+/// holds every event, whether or not the served figures reflect them yet).
+pub async fn wait_pipeline_zero(client: &reqwest::Client, url: &str, field: &str) -> anyhow::Result<()> {
     loop {
         let pipeline: Value = client.get(format!("{url}/v1/pipeline")).bearer_auth(READ).send().await?.json().await?;
-        if pipeline["lag_events"] == 0 {
+        if pipeline[field] == 0 {
             return Ok(());
         }
         tokio::time::sleep(Duration::from_millis(10)).await;

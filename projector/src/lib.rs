@@ -228,6 +228,9 @@ impl Projector {
             *position = (*position).max(record.offset + 1);
         }
         let (changes, dead_letters) = fold_records(&records);
+        // The first attempt takes the changes; a retry folds the records again rather than
+        // every batch keeping a copy in memory for a retry that rarely comes.
+        let mut changes = Some(changes);
         let mut dead_lettered = 0;
         let mut applied = false;
         let mut backoff = self.config.initial_backoff;
@@ -239,10 +242,8 @@ impl Projector {
                     self.metrics.dead_letters.inc();
                 }
                 if !applied {
-                    self.store
-                        .apply(changes.clone(), Vec::new(), Positions::new())
-                        .await
-                        .context("failed to apply a batch to the store")?;
+                    let changes = changes.take().unwrap_or_else(|| fold_records(&records).0);
+                    self.store.apply(changes, Vec::new(), Positions::new()).await.context("failed to apply a batch to the store")?;
                     applied = true;
                     agora_store::fail_point("projector.before_commit");
                 }
