@@ -5,13 +5,14 @@
 
 pub mod exports;
 pub mod metrics;
+pub mod snapshot;
 pub mod targets;
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
-use agora_eventlog::{lag, EventLog};
+use agora_eventlog::{lag, EventLog, Positions};
 use agora_schemas::api::{bearer_token, constant_time_eq, error_body};
 use agora_schemas::FiscalYear;
 use agora_store::{ConsultationView, Figures, Store, StoreError};
@@ -26,6 +27,7 @@ use serde_json::{json, Value};
 use tracing::{error, warn};
 
 pub use metrics::QueryMetrics;
+pub use snapshot::{Snapshot, SnapshotError, Snapshots};
 pub use targets::{TargetDefinition, TargetKind, TargetResult};
 
 /// Who a read token lets read.
@@ -54,6 +56,10 @@ pub struct QueryState {
     pub targets: Vec<TargetDefinition>,
     pub metrics: QueryMetrics,
     cache: Mutex<IndicatorCache>,
+    /// On a store that folds at read time (ClickHouse), indicators are served from figure
+    /// snapshots of every scope; on SQLite, one scope is read on demand and cached until the
+    /// store moves.
+    snapshots: Option<Snapshots>,
 }
 
 impl QueryState {
@@ -65,7 +71,8 @@ impl QueryState {
         targets: Vec<TargetDefinition>,
         metrics: QueryMetrics,
     ) -> Self {
-        QueryState { store, log, tokens, public_read, targets, metrics, cache: Mutex::new(IndicatorCache::default()) }
+        let snapshots = matches!(store, Store::ClickHouse(_)).then(|| Snapshots::new(store.clone(), log.clone(), metrics.clone()));
+        QueryState { store, log, tokens, public_read, targets, metrics, cache: Mutex::new(IndicatorCache::default()), snapshots }
     }
 }
 
@@ -122,6 +129,15 @@ impl From<StoreError> for QueryError {
         match e {
             StoreError::Unavailable(source) => QueryError::Unavailable(source),
             StoreError::Unexpected(source) => QueryError::Unexpected(source),
+        }
+    }
+}
+
+impl From<SnapshotError> for QueryError {
+    fn from(e: SnapshotError) -> Self {
+        match e {
+            SnapshotError::Store(e) => e.into(),
+            SnapshotError::Log(e) => QueryError::Unavailable(e.into()),
         }
     }
 }
@@ -281,6 +297,12 @@ fn scoped_year(state: &QueryState, headers: &HeaderMap, params: IndicatorParams)
 /// Returns the indicator document of a fiscal year, from the cache when the store has not
 /// moved since it was computed.
 pub async fn indicator_document(state: &QueryState, fiscal_year: FiscalYear, organization_id: Option<String>) -> Result<Value, QueryError> {
+    if let Some(snapshots) = &state.snapshots {
+        let snapshot = snapshots.served().await?;
+        let raw = snapshot.figures.raw(fiscal_year, organization_id.as_deref());
+        let previous_on_platform = snapshot.figures.raw(fiscal_year.previous(), organization_id.as_deref()).consultations.on_platform;
+        return document_from_raw(&state.targets, fiscal_year, organization_id, raw, previous_on_platform);
+    }
     cached(state, Document::Indicators, fiscal_year, organization_id.clone(), || async {
         let raw = state.store.raw_figures(fiscal_year, organization_id.as_deref()).await?;
         let previous_on_platform = state.store.on_platform(fiscal_year.previous(), organization_id.as_deref()).await?;
@@ -354,18 +376,51 @@ async fn pipeline(State(state): State<Arc<QueryState>>, headers: HeaderMap) -> R
     authorize(&state, &headers)?;
     let unavailable = |e: agora_eventlog::LogError| QueryError::Unavailable(e.into());
     let ends = state.log.end_positions().await.map_err(unavailable)?;
-    // On Kafka the projectors' committed group positions say how far the read models go,
-    // and dead letters live in their own topic; on the embedded log both live in the store.
-    let (positions, dead_letters) = match &state.log {
-        EventLog::Kafka(log) => (log.group_positions().await.map_err(unavailable)?, log.dead_letter_count().await.map_err(unavailable)?),
-        EventLog::Sqlite(_) => (state.store.positions().await?, state.store.dead_letter_count().await?),
+    let projected = snapshot::served_positions(&state.log, &state.store).await?;
+    // On Kafka dead letters live in their own topic; on the embedded log, in the store.
+    let dead_letters = match &state.log {
+        EventLog::Kafka(log) => log.dead_letter_count().await.map_err(unavailable)?,
+        EventLog::Sqlite(_) => state.store.dead_letter_count().await?,
     };
-    let lag_events = lag(&ends, &positions);
+    let projected_lag = lag(&ends, &projected);
+    // What the served figures reflect: the store itself, or the snapshot served from it.
+    let (served_positions, served) = match &state.snapshots {
+        None => (projected.clone(), Value::Null),
+        Some(snapshots) => {
+            let current = snapshots.current();
+            // Refreshes start here only once the projector is done, not to compete with it.
+            if projected_lag == 0 {
+                let stale = match &current {
+                    None => true,
+                    // A store that does not answer cannot be refreshed from; the lag says so.
+                    Some(snapshot) => {
+                        snapshot.positions != projected || state.store.version().await.is_ok_and(|v| v != snapshot.figures.version)
+                    }
+                };
+                if stale {
+                    snapshots.refresh_in_background();
+                }
+            }
+            match current {
+                None => (Positions::new(), Value::Null),
+                Some(snapshot) => (
+                    snapshot.positions.clone(),
+                    json!({
+                        "positions": snapshot.positions,
+                        "computed_at": snapshot.computed_at.to_rfc3339_opts(chrono::SecondsFormat::Millis, true),
+                    }),
+                ),
+            }
+        }
+    };
+    let lag_events = lag(&ends, &served_positions);
     Ok(Json(json!({
         "lag_events": lag_events,
         "caught_up": lag_events == 0,
+        "projected_lag_events": projected_lag,
         "log": { "backend": state.log.backend(), "end_offsets": ends },
-        "store": { "backend": state.store.backend(), "positions": positions },
+        "store": { "backend": state.store.backend(), "positions": projected },
+        "snapshot": served,
         "dead_letters": dead_letters,
         "checked_at": chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Millis, true),
     })))

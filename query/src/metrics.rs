@@ -1,6 +1,6 @@
 //! The query role's Prometheus metrics.
 
-use prometheus::{HistogramOpts, HistogramVec, IntCounterVec, Opts, Registry};
+use prometheus::{Histogram, HistogramOpts, HistogramVec, IntCounterVec, Opts, Registry};
 
 /// Metrics of the query role.
 #[derive(Clone)]
@@ -9,6 +9,8 @@ pub struct QueryMetrics {
     pub request_seconds: HistogramVec,
     /// Indicator computations served from the cache or computed, by outcome.
     pub indicator_cache: IntCounterVec,
+    /// Time to read a figure snapshot (every scope) from the store.
+    pub snapshot_seconds: Histogram,
 }
 
 impl QueryMetrics {
@@ -21,12 +23,20 @@ impl QueryMetrics {
                 &["route", "status"],
             )?,
             indicator_cache: IntCounterVec::new(
-                Opts::new("agora_query_indicator_cache_total", "Indicator documents served from cache (hit) or computed (miss)"),
+                Opts::new(
+                    "agora_query_indicator_cache_total",
+                    "Indicator documents served current (hit), served while a refresh runs (stale), or computed (miss)",
+                ),
                 &["outcome"],
+            )?,
+            snapshot_seconds: Histogram::with_opts(
+                HistogramOpts::new("agora_query_snapshot_duration_seconds", "Time to read the figures of every scope from the store")
+                    .buckets(vec![0.01, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0]),
             )?,
         };
         registry.register(Box::new(metrics.request_seconds.clone()))?;
         registry.register(Box::new(metrics.indicator_cache.clone()))?;
+        registry.register(Box::new(metrics.snapshot_seconds.clone()))?;
         Ok(metrics)
     }
 }

@@ -20,9 +20,11 @@
 //!   that come from callers are bound; the generation, a number the store read itself, is
 //!   formatted into the text.
 
+use std::collections::BTreeMap;
 use std::time::Duration;
 
 use agora_eventlog::Positions;
+use agora_schemas::rules::CONTRIBUTION_KINDS;
 use agora_schemas::FiscalYear;
 use anyhow::{anyhow, Context};
 use clickhouse::{Client, Row};
@@ -30,7 +32,7 @@ use serde::{Deserialize, Serialize};
 use tracing::{info, warn};
 
 use crate::changes::{DeadLetter, RowChange};
-use crate::model::{every_kind, ConsultationFigures, ConsultationView, Coverage, MonthlyRaw, RawFigures, SuggestionFigures};
+use crate::model::{every_kind, ConsultationFigures, ConsultationView, Coverage, FigureSet, MonthlyRaw, RawFigures, SuggestionFigures};
 use crate::StoreError;
 
 /// How to reach the server.
@@ -223,6 +225,47 @@ struct BatchRow {
     rows: u64,
 }
 
+/// A row of [`ClickHouseStore::consultation_groups`]; `scope` is the organization, or `''`
+/// for the whole government.
+#[derive(Row, Deserialize)]
+struct ConsultationGroup {
+    fiscal_year: i32,
+    scope: String,
+    opened: u64,
+    on_platform: u64,
+    third_party: u64,
+    with_digital_participation: u64,
+    closed: u64,
+    with_results_published: u64,
+    result_delays_ms: Vec<i64>,
+}
+
+/// A row of [`ClickHouseStore::participation_groups`].
+#[derive(Row, Deserialize)]
+struct ParticipationGroup {
+    fiscal_year: i32,
+    scope: String,
+    contributors: u64,
+    visitors: u64,
+    /// Contributors or visitors.
+    either: u64,
+    /// Contributions by 1-based place of the kind in `CONTRIBUTION_KINDS`.
+    kinds: (Vec<u64>, Vec<u64>),
+}
+
+/// A row of [`ClickHouseStore::feedback_groups`].
+#[derive(Row, Deserialize)]
+struct FeedbackGroup {
+    fiscal_year: i32,
+    scope: String,
+    responses: u64,
+    satisfaction_sum: u64,
+    satisfied: u64,
+    received: u64,
+    answered: u64,
+    implemented: u64,
+}
+
 /// The ClickHouse projection store.
 #[derive(Clone)]
 pub struct ClickHouseStore {
@@ -299,6 +342,11 @@ impl ClickHouseStore {
 
     pub(crate) async fn version(&self) -> Result<i64, StoreError> {
         let g = self.active_generation().await?;
+        self.version_of(g).await
+    }
+
+    /// Returns the version of generation `g`: the generation and its batch count.
+    async fn version_of(&self, g: u32) -> Result<i64, StoreError> {
         let batches: u64 = self.fetch_one(self.client.query(&format!("SELECT count() FROM batches WHERE generation = {g}"))).await?;
         Ok(((g as i64) << 40) | batches as i64)
     }
@@ -312,96 +360,122 @@ impl ClickHouseStore {
         self.fetch_one(self.client.query(&format!("SELECT uniqExact(partition, offset) FROM dead_letters WHERE generation = {g}"))).await
     }
 
-    pub(crate) async fn on_platform(&self, fiscal_year: FiscalYear, organization_id: Option<&str>) -> Result<u64, StoreError> {
+    /// Returns the raw figures of every fiscal year and scope, folded at read time from one
+    /// generation: three grouped reads (consultations, participation, feedback), each one scan
+    /// of its tables, run together. Each row goes to its organization's group and to the
+    /// government's (`arrayJoin([organization, ''])`), so distinct counts stay exact in both.
+    pub(crate) async fn figure_set(&self) -> Result<FigureSet, StoreError> {
         let g = self.active_generation().await?;
-        Ok(self.consultation_counts(g, fiscal_year, organization_id).await?.on_platform)
+        let version = self.version_of(g).await?;
+        let (consultations, participation, feedback) =
+            tokio::try_join!(self.consultation_groups(g), self.participation_groups(g), self.feedback_groups(g))?;
+        let mut scopes: BTreeMap<(FiscalYear, Option<String>), RawFigures> = BTreeMap::new();
+        let scope = |year: i32, organization: String| (FiscalYear::starting_in(year), Some(organization).filter(|o| !o.is_empty()));
+        for row in consultations {
+            let raw = scopes.entry(scope(row.fiscal_year, row.scope)).or_default();
+            raw.consultations = ConsultationFigures {
+                opened: row.opened,
+                on_platform: row.on_platform,
+                third_party: row.third_party,
+                with_digital_participation: row.with_digital_participation,
+                closed: row.closed,
+                with_results_published: row.with_results_published,
+            };
+            raw.result_delays_ms = row.result_delays_ms;
+        }
+        for row in participation {
+            let raw = scopes.entry(scope(row.fiscal_year, row.scope)).or_default();
+            raw.unique_participants = row.contributors;
+            raw.visitors = row.visitors;
+            raw.converted_visitors = row.contributors + row.visitors - row.either;
+            for (place, count) in row.kinds.0.into_iter().zip(row.kinds.1) {
+                match place.checked_sub(1).and_then(|i| CONTRIBUTION_KINDS.get(i as usize)) {
+                    Some(kind) => {
+                        raw.contributions_by_kind.insert((*kind).to_owned(), count);
+                    }
+                    None if count == 0 => {}
+                    None => return Err(StoreError::Unexpected(anyhow!("{count} stored contributions have a kind outside the contract"))),
+                }
+            }
+        }
+        for row in feedback {
+            let raw = scopes.entry(scope(row.fiscal_year, row.scope)).or_default();
+            raw.satisfaction_responses = row.responses;
+            raw.satisfaction_sum = row.satisfaction_sum;
+            raw.satisfied = row.satisfied;
+            raw.suggestions = SuggestionFigures { received: row.received, answered: row.answered, implemented: row.implemented };
+        }
+        Ok(FigureSet { version, scopes })
     }
 
-    pub(crate) async fn raw_figures(&self, fiscal_year: FiscalYear, organization_id: Option<&str>) -> Result<RawFigures, StoreError> {
-        let g = self.active_generation().await?;
-        let year = fiscal_year.start_year();
-        let org = organization_id.unwrap_or("");
-        let consultations = self.consultation_counts(g, fiscal_year, organization_id).await?;
+    /// Returns the consultation counts of counted (not cancelled) consultations by fiscal
+    /// year and scope, with the close-to-results delays of those that have both.
+    async fn consultation_groups(&self, g: u32) -> Result<Vec<ConsultationGroup>, StoreError> {
+        self.fetch_all(self.client.query(&format!(
+            "SELECT s_fiscal_year, arrayJoin([s_organization_id, '']) AS scope, count(), sum(s_hosted_on = 'platform'),
+                    sum(s_hosted_on = 'third_party'), sum(s_digital), sum(s_closed), sum(s_closed AND s_results),
+                    groupArrayIf(s_results_at_ms - s_closed_at_ms, s_closed = 1 AND s_results = 1)
+             FROM ({state}) WHERE s_cancelled = 0
+             GROUP BY s_fiscal_year, scope",
+            state = state_sql(g)
+        )))
+        .await
+    }
 
-        let result_delays_ms: Vec<i64> = self
-            .fetch_all(
-                self.client
-                    .query(&format!(
-                        "SELECT s_results_at_ms - s_closed_at_ms FROM ({state}) WHERE {counted} AND s_closed = 1 AND s_results = 1",
-                        state = state_sql(g),
-                        counted = COUNTED_STATE
-                    ))
-                    .bind(year)
-                    .bind(org)
-                    .bind(org),
-            )
-            .await?;
+    /// Returns the participation figures by fiscal year and scope of counted consultations:
+    /// counted contributions (the earliest submission per id, not withdrawn) and visits go
+    /// through one `UNION ALL` joined to their consultation, so that converted visitors (in
+    /// both sets) are `|contributors| + |visitors| − |contributors ∪ visitors|`.
+    async fn participation_groups(&self, g: u32) -> Result<Vec<ParticipationGroup>, StoreError> {
+        // 18.16's sumMap takes numeric keys only: kinds go in as their 1-based place in the
+        // contract's list (0 for the visits' empty kind, and for none other).
+        let kinds = CONTRIBUTION_KINDS.iter().map(|k| format!("'{k}'")).collect::<Vec<_>>().join(", ");
+        self.fetch_all(self.client.query(&format!(
+            "SELECT p_fiscal_year, arrayJoin([p_organization_id, '']) AS scope,
+                    uniqExactIf(p_participant, p_source = 1), uniqExactIf(p_participant, p_source = 2), uniqExact(p_participant),
+                    sumMap([indexOf([{kinds}], p_kind)], [toUInt64(p_source = 1)])
+             FROM (
+                 SELECT p_participant, p_kind, p_source, s_fiscal_year AS p_fiscal_year, s_organization_id AS p_organization_id
+                 FROM (
+                     SELECT c_participant AS p_participant, c_kind AS p_kind, toUInt8(1) AS p_source, c_consultation AS consultation_id
+                     FROM ({contributions})
+                     UNION ALL
+                     SELECT participant AS p_participant, '' AS p_kind, toUInt8(2) AS p_source, consultation_id
+                     FROM visits WHERE generation = {g}
+                 ) ANY INNER JOIN (
+                     SELECT consultation_id, s_fiscal_year, s_organization_id FROM ({state}) WHERE s_cancelled = 0
+                 ) USING consultation_id
+             )
+             GROUP BY p_fiscal_year, scope",
+            contributions = contributions_sql(g),
+            state = state_sql(g)
+        )))
+        .await
+    }
 
-        let counted = counted_contributions_sql(g);
-        let by_kind: Vec<(String, u64)> = self
-            .fetch_all(
-                self.client.query(&format!("SELECT c_kind, count() FROM ({counted}) GROUP BY c_kind")).bind(year).bind(org).bind(org),
-            )
-            .await?;
-        let unique_participants: u64 = self
-            .fetch_one(self.client.query(&format!("SELECT uniqExact(c_participant) FROM ({counted})")).bind(year).bind(org).bind(org))
-            .await?;
-
-        let (visitors, converted_visitors): (u64, u64) = self
-            .fetch_one(
-                self.client
-                    .query(&format!(
-                        "SELECT uniqExact(participant), uniqExactIf(participant, participant IN (SELECT c_participant FROM ({counted})))
-                         FROM visits WHERE generation = {g} AND consultation_id IN ({ids})",
-                        ids = counted_ids_sql(g)
-                    ))
-                    .bind(year)
-                    .bind(org)
-                    .bind(org)
-                    .bind(year)
-                    .bind(org)
-                    .bind(org),
-            )
-            .await?;
-
-        let (responses, satisfaction_sum, satisfied, received, answered, implemented): (u64, u64, u64, u64, u64, u64) = self
-            .fetch_one(
-                self.client
-                    .query(&format!(
-                        "SELECT count(), sum(f_satisfaction), sum(f_satisfaction >= 4), sum(f_suggestion),
-                                sum(f_suggestion AND t_triaged), sum(f_suggestion AND t_status = 'implemented')
-                         FROM (
-                             SELECT f_event_id AS feedback_event_id, f_satisfaction, f_suggestion FROM (
-                                 SELECT argMax(organization_id, (at_ms, event_id)) AS f_organization,
-                                        argMax(satisfaction, (at_ms, event_id)) AS f_satisfaction,
-                                        argMax(has_suggestion, (at_ms, event_id)) AS f_suggestion,
-                                        argMax(event_id, (at_ms, event_id)) AS f_event_id
-                                 FROM feedback WHERE generation = {g} AND fiscal_year = ?
-                                 GROUP BY participant, scope
-                             ) WHERE (? = '' OR f_organization = ?)
-                         ) ANY LEFT JOIN (
-                             SELECT feedback_event_id, argMax(status, (at_ms, event_id)) AS t_status, toUInt8(1) AS t_triaged
-                             FROM triage WHERE generation = {g} GROUP BY feedback_event_id
-                         ) USING feedback_event_id"
-                    ))
-                    .bind(year)
-                    .bind(org)
-                    .bind(org),
-            )
-            .await?;
-
-        Ok(RawFigures {
-            consultations,
-            unique_participants,
-            contributions_by_kind: by_kind.into_iter().collect(),
-            visitors,
-            converted_visitors,
-            satisfaction_responses: responses,
-            satisfaction_sum,
-            satisfied,
-            result_delays_ms,
-            suggestions: SuggestionFigures { received, answered, implemented },
-        })
+    /// Returns the satisfaction and suggestion figures of counted feedback (the latest per
+    /// participant, scope and fiscal year) by fiscal year and scope.
+    async fn feedback_groups(&self, g: u32) -> Result<Vec<FeedbackGroup>, StoreError> {
+        self.fetch_all(self.client.query(&format!(
+            "SELECT f_fiscal_year, arrayJoin([f_organization, '']) AS scope, count(), sum(f_satisfaction), sum(f_satisfaction >= 4),
+                    sum(f_suggestion), sum(f_suggestion AND t_triaged), sum(f_suggestion AND t_status = 'implemented')
+             FROM (
+                 SELECT f_event_id AS feedback_event_id, f_fiscal_year, f_organization, f_satisfaction, f_suggestion FROM (
+                     SELECT fiscal_year AS f_fiscal_year,
+                            argMax(organization_id, (at_ms, event_id)) AS f_organization,
+                            argMax(satisfaction, (at_ms, event_id)) AS f_satisfaction,
+                            argMax(has_suggestion, (at_ms, event_id)) AS f_suggestion,
+                            argMax(event_id, (at_ms, event_id)) AS f_event_id
+                     FROM feedback WHERE generation = {g}
+                     GROUP BY fiscal_year, participant, scope
+                 )
+             ) ANY LEFT JOIN (
+                 SELECT feedback_event_id, argMax(status, (at_ms, event_id)) AS t_status, toUInt8(1) AS t_triaged
+                 FROM triage WHERE generation = {g} GROUP BY feedback_event_id
+             ) USING feedback_event_id
+             GROUP BY f_fiscal_year, scope"
+        )))
+        .await
     }
 
     pub(crate) async fn coverage(&self) -> Result<Coverage, StoreError> {
@@ -563,32 +637,6 @@ impl ClickHouseStore {
             .await?;
         info!(generation, "rebuilding the read models into a fresh generation");
         Ok(ClickHouseRebuild { store: self.clone(), generation })
-    }
-
-    /// Returns the consultation counts of a fiscal year.
-    async fn consultation_counts(
-        &self,
-        g: u32,
-        fiscal_year: FiscalYear,
-        organization_id: Option<&str>,
-    ) -> Result<ConsultationFigures, StoreError> {
-        let org = organization_id.unwrap_or("");
-        let (opened, on_platform, third_party, with_digital_participation, closed, with_results_published): (u64, u64, u64, u64, u64, u64) =
-            self.fetch_one(
-                self.client
-                    .query(&format!(
-                        "SELECT count(), sum(s_hosted_on = 'platform'), sum(s_hosted_on = 'third_party'), sum(s_digital),
-                                sum(s_closed), sum(s_closed AND s_results)
-                         FROM ({state}) WHERE {counted}",
-                        state = state_sql(g),
-                        counted = COUNTED_STATE
-                    ))
-                    .bind(fiscal_year.start_year())
-                    .bind(org)
-                    .bind(org),
-            )
-            .await?;
-        Ok(ConsultationFigures { opened, on_platform, third_party, with_digital_participation, closed, with_results_published })
     }
 
     /// Returns the generation readers use: the newest one marked active.
@@ -848,16 +896,23 @@ fn counted_ids_sql(g: u32) -> String {
 /// Returns the counted contributions (the earliest submission per id, not withdrawn, in a
 /// counted consultation) of generation `g`; binds as [`COUNTED_STATE`].
 fn counted_contributions_sql(g: u32) -> String {
-    // The filter sits outside the grouping: 18.16 cannot resolve a subquery under HAVING.
     format!(
-        "SELECT c_participant, c_kind, c_consultation, c_at_ms FROM (
-             SELECT contribution_id, min(at_ms) AS c_at_ms, argMin(participant, (at_ms, event_id)) AS c_participant,
-                    argMin(kind, (at_ms, event_id)) AS c_kind, argMin(consultation_id, (at_ms, event_id)) AS c_consultation
-             FROM contributions
-             WHERE generation = {g} AND contribution_id NOT IN (SELECT contribution_id FROM withdrawals WHERE generation = {g})
-             GROUP BY contribution_id
-         ) WHERE c_consultation IN ({ids})",
+        "SELECT c_participant, c_kind, c_consultation, c_at_ms FROM ({contributions}) WHERE c_consultation IN ({ids})",
+        contributions = contributions_sql(g),
         ids = counted_ids_sql(g)
+    )
+}
+
+/// Returns every contribution of generation `g` that is not withdrawn, as its earliest
+/// submission says (columns `c_*`), whatever its consultation.
+fn contributions_sql(g: u32) -> String {
+    // Filters sit outside the grouping: 18.16 cannot resolve a subquery under HAVING.
+    format!(
+        "SELECT contribution_id, min(at_ms) AS c_at_ms, argMin(participant, (at_ms, event_id)) AS c_participant,
+                argMin(kind, (at_ms, event_id)) AS c_kind, argMin(consultation_id, (at_ms, event_id)) AS c_consultation
+         FROM contributions
+         WHERE generation = {g} AND contribution_id NOT IN (SELECT contribution_id FROM withdrawals WHERE generation = {g})
+         GROUP BY contribution_id"
     )
 }
 

@@ -17,7 +17,8 @@ use agora_schemas::FiscalYear;
 pub use changes::{ConsultationField, DeadLetter, RowChange};
 pub use clickhouse::{ClickHouseRebuild, ClickHouseSettings, ClickHouseStore};
 pub use model::{
-    monthly_series, ConsultationFigures, ConsultationView, Coverage, Figures, MonthFigures, MonthlyRaw, RawFigures, SuggestionFigures,
+    monthly_series, ConsultationFigures, ConsultationView, Coverage, FigureSet, Figures, MonthFigures, MonthlyRaw, RawFigures,
+    SuggestionFigures,
 };
 pub use sqlite::{SqliteRebuild, SqliteStore};
 
@@ -65,12 +66,22 @@ impl Store {
         }
     }
 
-    /// Returns the counts behind the SPEC §3 indicators of a fiscal year, for all of
-    /// government or one organization.
+    /// Returns the counts behind the SPEC §3 indicators of every fiscal year, for all of
+    /// government and each organization, read at one version of the store.
+    pub async fn figure_set(&self) -> Result<FigureSet, StoreError> {
+        match self {
+            Store::Sqlite(store) => store.figure_set().await,
+            Store::ClickHouse(store) => store.figure_set().await,
+        }
+    }
+
+    /// Returns the counts behind the SPEC §3 indicators of one fiscal year, for all of
+    /// government or one organization. ClickHouse folds at read time, so one scope costs it
+    /// as much as every scope: it reads the whole set.
     pub async fn raw_figures(&self, fiscal_year: FiscalYear, organization_id: Option<&str>) -> Result<RawFigures, StoreError> {
         match self {
             Store::Sqlite(store) => store.raw_figures(fiscal_year, organization_id.map(str::to_owned)).await,
-            Store::ClickHouse(store) => store.raw_figures(fiscal_year, organization_id).await,
+            Store::ClickHouse(store) => Ok(store.figure_set().await?.raw(fiscal_year, organization_id)),
         }
     }
 
@@ -78,7 +89,7 @@ impl Store {
     pub async fn on_platform(&self, fiscal_year: FiscalYear, organization_id: Option<&str>) -> Result<u64, StoreError> {
         match self {
             Store::Sqlite(store) => store.on_platform(fiscal_year, organization_id.map(str::to_owned)).await,
-            Store::ClickHouse(store) => store.on_platform(fiscal_year, organization_id).await,
+            Store::ClickHouse(store) => Ok(store.figure_set().await?.raw(fiscal_year, organization_id).consultations.on_platform),
         }
     }
 

@@ -39,6 +39,25 @@ pub struct RawFigures {
     pub suggestions: SuggestionFigures,
 }
 
+/// The raw figures of every fiscal year and scope the store holds, read together: what the
+/// query role serves figures from.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct FigureSet {
+    /// The store's [version](crate::Store::version) when the read began: the figures reflect
+    /// at least that version.
+    pub version: i64,
+    /// By fiscal year and organization (`None` for the whole government); a scope that is
+    /// absent has no data, so its figures are all zero.
+    pub scopes: BTreeMap<(FiscalYear, Option<String>), RawFigures>,
+}
+
+impl FigureSet {
+    /// Returns the raw figures of a fiscal year and scope (zeros when the store holds none).
+    pub fn raw(&self, fiscal_year: FiscalYear, organization_id: Option<&str>) -> RawFigures {
+        self.scopes.get(&(fiscal_year, organization_id.map(str::to_owned))).cloned().unwrap_or_default()
+    }
+}
+
 /// `participation.*`.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct ParticipationFigures {

@@ -3,6 +3,7 @@
 //! reads through its own connections. Figures are computed with SQL over the folded tables,
 //! with exact `count(DISTINCT …)`.
 
+use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
@@ -14,7 +15,7 @@ use anyhow::Context;
 use rusqlite::{params, Connection, OptionalExtension, Transaction};
 
 use crate::changes::{DeadLetter, RowChange};
-use crate::model::{every_kind, ConsultationFigures, ConsultationView, Coverage, MonthlyRaw, RawFigures, SuggestionFigures};
+use crate::model::{every_kind, ConsultationFigures, ConsultationView, Coverage, FigureSet, MonthlyRaw, RawFigures, SuggestionFigures};
 use crate::StoreError;
 
 /// File name of the embedded store inside the data folder.
@@ -221,25 +222,30 @@ impl SqliteStore {
         self.read(move |conn| raw_figures(conn, fiscal_year.start_year(), organization_id.as_deref())).await
     }
 
-    pub(crate) async fn coverage(&self) -> Result<Coverage, StoreError> {
+    /// Reads the raw figures of every fiscal year and scope in one read transaction, so that
+    /// the version and every figure come from the same committed state.
+    pub(crate) async fn figure_set(&self) -> Result<FigureSet, StoreError> {
         self.read(|conn| {
-            let organizations = conn
-                .prepare_cached(
-                    "SELECT organization_id FROM consultations WHERE opened_at_ms IS NOT NULL
-                     UNION SELECT organization_id FROM feedback ORDER BY 1",
-                )?
-                .query_map([], |r| r.get(0))?
-                .collect::<Result<_, _>>()?;
-            let years: Vec<i32> = conn
-                .prepare_cached(
-                    "SELECT fiscal_year FROM consultations WHERE opened_at_ms IS NOT NULL
-                     UNION SELECT fiscal_year FROM feedback ORDER BY 1",
-                )?
-                .query_map([], |r| r.get(0))?
-                .collect::<Result<_, _>>()?;
-            Ok(Coverage { organizations, fiscal_years: years.into_iter().map(FiscalYear::starting_in).collect() })
+            let tx = conn.unchecked_transaction().context("failed to begin a read")?;
+            let version = tx.prepare_cached("SELECT version FROM store_version WHERE id = 1")?.query_row([], |r| r.get(0))?;
+            let coverage = coverage(&tx)?;
+            let mut scopes = BTreeMap::new();
+            for fiscal_year in coverage.fiscal_years {
+                let organizations = std::iter::once(None).chain(coverage.organizations.iter().map(|o| Some(o.as_str())));
+                for organization_id in organizations {
+                    let raw = raw_figures(&tx, fiscal_year.start_year(), organization_id)?;
+                    if raw != RawFigures::default() {
+                        scopes.insert((fiscal_year, organization_id.map(str::to_owned)), raw);
+                    }
+                }
+            }
+            Ok(FigureSet { version, scopes })
         })
         .await
+    }
+
+    pub(crate) async fn coverage(&self) -> Result<Coverage, StoreError> {
+        self.read(|conn| coverage(conn)).await
     }
 
     pub(crate) async fn monthly_raw(&self, fiscal_year: FiscalYear, organization_id: Option<String>) -> Result<MonthlyRaw, StoreError> {
@@ -562,6 +568,25 @@ fn apply_change(tx: &Transaction<'_>, change: &RowChange) -> anyhow::Result<()> 
         }
     }
     Ok(())
+}
+
+/// Returns the organizations and fiscal years that have an opened consultation or feedback.
+fn coverage(conn: &Connection) -> anyhow::Result<Coverage> {
+    let organizations = conn
+        .prepare_cached(
+            "SELECT organization_id FROM consultations WHERE opened_at_ms IS NOT NULL
+             UNION SELECT organization_id FROM feedback ORDER BY 1",
+        )?
+        .query_map([], |r| r.get(0))?
+        .collect::<Result<_, _>>()?;
+    let years: Vec<i32> = conn
+        .prepare_cached(
+            "SELECT fiscal_year FROM consultations WHERE opened_at_ms IS NOT NULL
+             UNION SELECT fiscal_year FROM feedback ORDER BY 1",
+        )?
+        .query_map([], |r| r.get(0))?
+        .collect::<Result<_, _>>()?;
+    Ok(Coverage { organizations, fiscal_years: years.into_iter().map(FiscalYear::starting_in).collect() })
 }
 
 fn raw_figures(conn: &Connection, fiscal_year: i32, organization_id: Option<&str>) -> anyhow::Result<RawFigures> {
