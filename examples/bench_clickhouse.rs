@@ -13,6 +13,10 @@
 //!    every scope from ClickHouse (cold); then 2,000 calls over 36 (fiscal year, body) keys
 //!    are served from its snapshot, each checking the store's version first.
 //!
+//! With `AGORA_BENCH_ROUNDS=N`, steps 1 and 2 run N times, each time on a fresh broker with
+//! the next 1/N of the history, into the same ClickHouse database (Tansu's in-memory storage
+//! does not hold 10M events); rates are over the summed times, RSS the highest round's.
+//!
 //! The broker is a private Tansu from `AGORA_TANSU_BIN`; the ClickHouse server a private
 //! `clickhouse-server` (DESIGN.md's overrides) from `AGORA_CLICKHOUSE_SERVER_BIN`: the ones the
 //! test suite starts.
@@ -33,26 +37,32 @@ async fn main() -> anyhow::Result<()> {
     let binary = agora_binary()?;
     let work = tempfile::tempdir()?;
 
-    // The same private servers the test suite starts (tests/common/services.rs).
-    let broker = tokio::task::spawn_blocking(Broker::start).await?;
+    // The same private servers the test suite starts (tests/common/services.rs). Tansu's
+    // in-memory storage stops answering somewhere between 1M and 10M events (seen at 10M),
+    // so a longer history can go through several brokers one after the other
+    // (AGORA_BENCH_ROUNDS): each round a fresh broker takes the next part of the history and
+    // the projector folds it into the same ClickHouse database.
     let mut clickhouse = tokio::task::spawn_blocking(ClickHouse::start).await?;
     let tcp_port = clickhouse.tcp_port;
-    let env = [
-        ("AGORA_KAFKA_BROKERS", broker.address.clone()),
-        ("AGORA_KAFKA_SESSION_TIMEOUT_MS", "6000".into()),
-        ("AGORA_KAFKA_HEARTBEAT_MS", "500".into()),
-        ("AGORA_CLICKHOUSE_URL", clickhouse.url.clone()),
-        ("AGORA_CLICKHOUSE_DATABASE", "bench".into()),
-        ("AGORA_INGEST_TOKENS", format!("bench:{INGEST}")),
-        ("AGORA_READ_TOKENS", format!("*:{READ}")),
-        ("AGORA_PSEUDONYM_KEY", "bench-key".into()),
-        ("AGORA_LOG", "warn".into()),
-    ];
-    let role = |name: &str, port: u16| -> anyhow::Result<Child> {
+    let rounds: usize = std::env::var("AGORA_BENCH_ROUNDS").ok().map(|r| r.parse()).transpose()?.unwrap_or(1).max(1);
+    let env = |broker: &Broker| {
+        [
+            ("AGORA_KAFKA_BROKERS", broker.address.clone()),
+            ("AGORA_KAFKA_SESSION_TIMEOUT_MS", "6000".into()),
+            ("AGORA_KAFKA_HEARTBEAT_MS", "500".into()),
+            ("AGORA_CLICKHOUSE_URL", clickhouse.url.clone()),
+            ("AGORA_CLICKHOUSE_DATABASE", "bench".into()),
+            ("AGORA_INGEST_TOKENS", format!("bench:{INGEST}")),
+            ("AGORA_READ_TOKENS", format!("*:{READ}")),
+            ("AGORA_PSEUDONYM_KEY", "bench-key".into()),
+            ("AGORA_LOG", "warn".into()),
+        ]
+    };
+    let role = |name: &str, port: u16, broker: &Broker| -> anyhow::Result<Child> {
         Ok(Command::new(&binary)
             .args([name, "--listen", &format!("127.0.0.1:{port}"), "--data-dir"])
             .arg(work.path().join(name))
-            .envs(env.iter().map(|(k, v)| ((*k).to_owned(), v.clone())))
+            .envs(env(broker).into_iter().map(|(k, v)| (k.to_owned(), v)))
             // Projector tuning given to the benchmark (AGORA_PROJECTOR_BATCH_SIZE, …) goes through.
             .envs(std::env::vars().filter(|(k, _)| k.starts_with("AGORA_PROJECTOR_")))
             .stdout(Stdio::null())
@@ -60,36 +70,58 @@ async fn main() -> anyhow::Result<()> {
     };
 
     let total = events_wanted;
-    let bodies = synthetic_bodies(total, batch);
-
-    // 1. Fill the topic through the ingest role.
+    let mut bodies = synthetic_bodies(total, batch);
+    let per_round = bodies.len().div_ceil(rounds);
     let client = reqwest::Client::new();
-    let (ingest_port, query_port, project_port) = (free_port(), free_port(), free_port());
-    let mut ingest = role("ingest", ingest_port)?;
-    let ingest_url = format!("http://127.0.0.1:{ingest_port}");
-    wait_ready(&client, &ingest_url).await;
-    eprintln!("ingest: posting {total} events in {} batches of {batch}, {concurrency} at a time", bodies.len());
-    let started = Instant::now();
-    let mut post_latencies = post_all(&client, &ingest_url, bodies, concurrency).await?;
-    let ingested = started.elapsed();
-    stop(&mut ingest);
+    let (mut ingested, mut projected, mut refreshed) = (Duration::ZERO, Duration::ZERO, Duration::ZERO);
+    let (mut first_batch, mut after_first) = (Duration::ZERO, 0usize);
+    let mut post_latencies = Vec::new();
+    let mut projector_rss = Vec::new();
+    let mut broker = None;
+    for round in 1..=rounds {
+        let part: Vec<String> = bodies.drain(..per_round.min(bodies.len())).collect();
+        if part.is_empty() {
+            break;
+        }
+        let round_events = part.iter().map(|b| b.lines().count()).sum::<usize>();
+        drop(broker.take());
+        let current = tokio::task::spawn_blocking(Broker::start).await?;
 
-    // 2. Kafka → ClickHouse.
-    let mut query = role("query", query_port)?;
-    let query_url = format!("http://127.0.0.1:{query_port}");
-    wait_ready(&client, &query_url).await;
-    eprintln!("projector: folding the topic into clickhouse");
-    let started = Instant::now();
-    let mut projector = role("project", project_port)?;
-    wait_pipeline_zero(&client, &query_url, "projected_lag_events").await?;
-    let projected = started.elapsed();
-    eprintln!("projected in {:.2} s", projected.as_secs_f64());
-    let projector_rss = peak_rss(&projector);
-    let started = Instant::now();
-    wait_caught_up(&client, &query_url).await?;
-    let refreshed = started.elapsed();
-    stop(&mut projector);
-    stop(&mut query);
+        // 1. Fill the topic through the ingest role.
+        let (ingest_port, query_port, project_port) = (free_port(), free_port(), free_port());
+        let mut ingest = role("ingest", ingest_port, &current)?;
+        let ingest_url = format!("http://127.0.0.1:{ingest_port}");
+        wait_ready(&client, &ingest_url).await;
+        eprintln!("round {round}/{rounds}, ingest: posting {} batches of {batch}, {concurrency} at a time", part.len());
+        let started = Instant::now();
+        post_latencies.extend(post_all(&client, &ingest_url, part, concurrency).await?);
+        ingested += started.elapsed();
+        stop(&mut ingest);
+
+        // 2. Kafka → ClickHouse.
+        let mut query = role("query", query_port, &current)?;
+        let query_url = format!("http://127.0.0.1:{query_port}");
+        wait_ready(&client, &query_url).await;
+        eprintln!("round {round}/{rounds}, projector: folding the topic into clickhouse");
+        let started = Instant::now();
+        let mut projector = role("project", project_port, &current)?;
+        // The first batch lands once the group has formed (join, assignment, first fetch).
+        let (first_took, first_events) = wait_first_batch(&client, &format!("http://127.0.0.1:{project_port}")).await?;
+        first_batch += first_took;
+        after_first += round_events - first_events as usize;
+        wait_pipeline_zero(&client, &query_url, "projected_lag_events").await?;
+        let took = started.elapsed();
+        projected += took;
+        eprintln!("projected in {:.2} s", took.as_secs_f64());
+        projector_rss.push(peak_rss(&projector));
+        let started = Instant::now();
+        wait_caught_up(&client, &query_url).await?;
+        refreshed += started.elapsed();
+        stop(&mut projector);
+        stop(&mut query);
+        broker = Some(current);
+    }
+    let broker = broker.expect("at least one round");
 
     // 3. The same rows through clickhouse-client.
     eprintln!("raw: clickhouse-client inserts the same rows");
@@ -119,7 +151,9 @@ async fn main() -> anyhow::Result<()> {
             .status()?;
         raw_insert += started.elapsed();
         anyhow::ensure!(inserted.success(), "insert into raw_{table} failed");
-        raw_rows += sql(&format!("SELECT count() FROM raw_{table}"))?.trim().parse::<u64>()?;
+        let rows = sql(&format!("SELECT count() FROM raw_{table}"))?.trim().parse::<u64>()?;
+        eprintln!("  {table}: {rows} rows");
+        raw_rows += rows;
     }
 
     // 4. Indicators from ClickHouse.
@@ -133,7 +167,7 @@ async fn main() -> anyhow::Result<()> {
         .collect();
     let query_port = free_port();
     let query_url = format!("http://127.0.0.1:{query_port}");
-    let mut query = role("query", query_port)?;
+    let mut query = role("query", query_port, &broker)?;
     wait_ready(&client, &query_url).await;
     let started = Instant::now();
     let response = client.get(format!("{query_url}/v1/indicators?{}", keys[0])).bearer_auth(READ).send().await?;
@@ -153,10 +187,15 @@ async fn main() -> anyhow::Result<()> {
     drop(broker);
 
     let rate = |d: Duration| total as f64 / d.as_secs_f64();
-    println!("events:                      {total} in batches of {batch}, {concurrency} concurrent requests");
+    println!("events:                      {total} in batches of {batch}, {concurrency} concurrent requests, {rounds} round(s)");
     println!("ingest (POST to acknowledged): {:.0} events/s ({:.2} s)", rate(ingested), ingested.as_secs_f64());
     println!("POST /v1/events:             p50 {:.1} ms, p99 {:.1} ms", pct(&mut post_latencies, 0.50), pct(&mut post_latencies, 0.99));
     println!("kafka -> clickhouse:         {:.0} events/s ({:.2} s to projected lag 0)", rate(projected), projected.as_secs_f64());
+    println!(
+        "  first batch applied after: {:.2} s (group join, then up to one batch); {:.0} events/s after it",
+        first_batch.as_secs_f64(),
+        after_first as f64 / projected.saturating_sub(first_batch).as_secs_f64()
+    );
     println!("figure snapshot refreshed:   {:.2} s later (lag_events 0)", refreshed.as_secs_f64());
     println!(
         "clickhouse-client, same rows: {raw_rows} rows in {:.2} s = {:.0} events/s; agora at {:.0} % of it",
@@ -172,7 +211,7 @@ async fn main() -> anyhow::Result<()> {
         cached.len(),
         keys.len()
     );
-    println!("agora project peak RSS:      {projector_rss}");
+    println!("agora project peak RSS:      {} (per round: {})", projector_rss.iter().max_by_key(|r| kb(r)).cloned().unwrap_or_default(), projector_rss.join(", "));
     println!("agora query peak RSS:        {query_rss}");
     Ok(())
 }
@@ -183,7 +222,28 @@ async fn wait_ready(client: &reqwest::Client, url: &str) {
     }
 }
 
+/// Polls the projector's `/metrics` until it has applied a batch; returns the time it took
+/// and the events applied by then.
+async fn wait_first_batch(client: &reqwest::Client, url: &str) -> anyhow::Result<(Duration, u64)> {
+    let started = Instant::now();
+    loop {
+        if let Ok(response) = client.get(format!("{url}/metrics")).send().await {
+            let text = response.text().await?;
+            let applied = text.lines().find_map(|l| l.strip_prefix("agora_projector_events_applied_total ")).and_then(|n| n.trim().parse::<u64>().ok());
+            if let Some(n) = applied.filter(|&n| n > 0) {
+                return Ok((started.elapsed(), n));
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
 fn stop(child: &mut Child) {
     let _ = child.kill();
     let _ = child.wait();
+}
+
+/// Reads the kB figure of a [`peak_rss`] line, for comparing rounds.
+fn kb(rss: &str) -> u64 {
+    rss.split_whitespace().next().and_then(|n| n.parse().ok()).unwrap_or(0)
 }

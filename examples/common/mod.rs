@@ -45,8 +45,14 @@ pub fn synthetic_each(count: usize, mut each: impl FnMut(Value)) {
         let options = agora::synth::SynthOptions { scale: size as f64 / 620_000.0, seed: defaults.seed + segment, ..defaults.clone() };
         for mut event in agora::synth::generate(&options).into_iter().take(size) {
             if segment > 0 {
-                suffix(&mut event["consultation_id"], segment);
-                suffix(&mut event["data"]["contribution_id"], segment);
+                // `get_mut`, not indexing: indexing a missing key would add it as null, and
+                // the contract rejects unknown or null fields.
+                if let Some(id) = event.get_mut("consultation_id") {
+                    suffix(id, segment);
+                }
+                if let Some(id) = event.get_mut("data").and_then(|d| d.get_mut("contribution_id")) {
+                    suffix(id, segment);
+                }
             }
             each(event);
             left -= 1;
@@ -109,8 +115,12 @@ pub async fn post_all(client: &reqwest::Client, url: &str, bodies: Vec<String>, 
                 .await
                 .expect("post");
             assert_eq!(response.status(), 202);
+            let reply: Value = response.json().await.expect("202 reply");
+            let elapsed = sent.elapsed();
             drop(permit);
-            sent.elapsed()
+            // A benchmark of refused events would measure nothing: every event must be accepted.
+            assert_eq!(reply["rejected"], serde_json::json!([]), "the benchmark's events must all be accepted");
+            elapsed
         }));
     }
     let mut latencies = Vec::new();
