@@ -29,7 +29,9 @@ use std::time::{Duration, Instant};
 
 mod common;
 use common::services::{Broker, ClickHouse};
-use common::{agora_binary, bench_args, free_port, pct, peak_rss, post_all, synthetic_bodies, wait_caught_up, wait_pipeline_zero, INGEST, READ};
+use common::{
+    agora_binary, bench_args, free_port, pct, peak_rss, post_all, synthetic_bodies, wait_caught_up, wait_pipeline_zero, INGEST, READ,
+};
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
@@ -211,7 +213,11 @@ async fn main() -> anyhow::Result<()> {
         cached.len(),
         keys.len()
     );
-    println!("agora project peak RSS:      {} (per round: {})", projector_rss.iter().max_by_key(|r| kb(r)).cloned().unwrap_or_default(), projector_rss.join(", "));
+    println!(
+        "agora project peak RSS:      {} (per round: {})",
+        projector_rss.iter().max_by_key(|r| kb(r)).cloned().unwrap_or_default(),
+        projector_rss.join(", ")
+    );
     println!("agora query peak RSS:        {query_rss}");
     Ok(())
 }
@@ -229,7 +235,10 @@ async fn wait_first_batch(client: &reqwest::Client, url: &str) -> anyhow::Result
     loop {
         if let Ok(response) = client.get(format!("{url}/metrics")).send().await {
             let text = response.text().await?;
-            let applied = text.lines().find_map(|l| l.strip_prefix("agora_projector_events_applied_total ")).and_then(|n| n.trim().parse::<u64>().ok());
+            let applied = text
+                .lines()
+                .find_map(|l| l.strip_prefix("agora_projector_events_applied_total "))
+                .and_then(|n| n.trim().parse::<u64>().ok());
             if let Some(n) = applied.filter(|&n| n > 0) {
                 return Ok((started.elapsed(), n));
             }

@@ -82,6 +82,14 @@ impl Config {
                     |n: &u64| *n > 0,
                     "milliseconds above 0",
                 )?),
+                fold_timeout: Duration::from_millis(parse_or(
+                    &var,
+                    "AGORA_CLICKHOUSE_FOLD_TIMEOUT_MS",
+                    300_000,
+                    |n: &u64| *n > 0,
+                    "milliseconds above 0",
+                )?),
+                fold_memory_bytes: parse_or(&var, "AGORA_CLICKHOUSE_FOLD_MEMORY_MB", 2_048, |n: &u64| *n > 0, "megabytes above 0")? << 20,
             }),
             None => StoreBackend::Embedded,
         };
@@ -244,6 +252,18 @@ mod tests {
         assert_eq!(settings.dead_letter_topic, "agora.events.v1.dead-letter");
         assert_eq!(settings.group_id, "agora-projector");
         assert_eq!(settings.session_timeout, Duration::from_millis(6000));
+    }
+
+    #[test]
+    fn reads_clickhouse_settings_with_fold_limits() {
+        let config = load(&[("AGORA_CLICKHOUSE_URL", "http://ch:8123"), ("AGORA_CLICKHOUSE_FOLD_MEMORY_MB", "512")]).unwrap();
+        let StoreBackend::ClickHouse(settings) = config.store_backend else { panic!("clickhouse expected") };
+        assert_eq!(settings.database, "agora");
+        assert_eq!(settings.timeout, Duration::from_secs(10));
+        assert_eq!(settings.fold_timeout, Duration::from_secs(300));
+        assert_eq!(settings.fold_memory_bytes, 512 << 20);
+        let err = load(&[("AGORA_CLICKHOUSE_URL", "http://ch:8123"), ("AGORA_CLICKHOUSE_FOLD_MEMORY_MB", "0")]).unwrap_err().to_string();
+        assert!(err.contains("AGORA_CLICKHOUSE_FOLD_MEMORY_MB") && err.contains("megabytes above 0"), "{err}");
     }
 
     #[test]

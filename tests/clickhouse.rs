@@ -1,7 +1,7 @@
 //! The ClickHouse store against a real server (Debian's `clickhouse-server`, 18.16 here)
 //! behind a real Kafka-protocol broker (Tansu): the server stopped for 30 s during
-//! projection, the same events delivered 10,000 times over, and `agora ingest`, `agora
-//! project` and `agora query` run as separate processes. Each test compares every figure
+//! projection, the same events delivered 10,000 times over, a fold over its memory limit,
+//! and `agora ingest`, `agora project` and `agora query` run as separate processes. Each test compares every figure
 //! with an embedded run of the same events.
 
 mod common;
@@ -168,4 +168,51 @@ async fn ingest_project_and_query_as_separate_processes_give_the_contract_figure
     embedded.wait_caught_up().await;
     let (_, reference) = embedded.get(&format!("/v1/consultations/{consultation}"), Some(READ_ALL)).await;
     assert_eq!(view, reference);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_fold_over_its_memory_limit_fails_alone_and_the_pipeline_goes_on() {
+    // 1 MiB before spilling, 2 MiB in all: far less than any fold of this history needs.
+    let events = history(0.01, 7);
+    let server = TestServer::start_on(Backend::KafkaClickHouse, &[("AGORA_CLICKHOUSE_FOLD_MEMORY_MB", "1")]).await;
+    server.ingest(&events).await;
+    let projected = wait_until(Duration::from_secs(120), || async {
+        server.get("/v1/pipeline", Some(READ_ALL)).await.1["projected_lag_events"] == json!(0)
+    })
+    .await;
+    assert!(projected, "the projector should store every event whatever the query role's folds do");
+
+    // The fold fails on its own limit: an error for the reader, not a server out of memory.
+    let (status, reply) = server.get("/v1/indicators?fiscal_year=2024-2025", Some(READ_ALL)).await;
+    assert_eq!(status, StatusCode::INTERNAL_SERVER_ERROR, "{reply}");
+    // The store says why, naming the setting (the reply itself keeps internals to the log).
+    let store = store_with(&server, &[("AGORA_CLICKHOUSE_FOLD_MEMORY_MB", "1")]).await;
+    let error = format!("{:#}", anyhow::Error::from(store.figure_set().await.unwrap_err()));
+    assert!(error.contains("AGORA_CLICKHOUSE_FOLD_MEMORY_MB (1 MiB)"), "{error}");
+    let (status, pipeline) = server.get("/v1/pipeline", Some(READ_ALL)).await;
+    assert_eq!(status, StatusCode::OK, "{pipeline}");
+    assert_eq!(pipeline["snapshot"], Value::Null, "no snapshot could be folded: {pipeline}");
+    assert!(pipeline["lag_events"].as_u64().unwrap() > 0, "served figures reflect nothing yet: {pipeline}");
+    let (status, ready) = server.get("/health/ready", None).await;
+    assert_eq!(status, StatusCode::OK, "clickhouse must still be up: {ready}");
+    // Ingest and projection go on.
+    let more = history(0.01, 8);
+    server.ingest(&more).await;
+    let projected = wait_until(Duration::from_secs(120), || async {
+        server.get("/v1/pipeline", Some(READ_ALL)).await.1["projected_lag_events"] == json!(0)
+    })
+    .await;
+    assert!(projected, "later events should be stored too");
+
+    // Given room to fold, the same store gives the contract figures of everything.
+    let (dir, services) = server.stop().await;
+    let server = TestServer::launch(dir, Roles::ALL, services, &[("AGORA_CLICKHOUSE_FOLD_MEMORY_MB", "2048")]).await;
+    server.wait_caught_up().await;
+    let all: Vec<Value> = events.iter().chain(&more).cloned().collect();
+    assert_eq!(all_figures(&server).await, reference_figures(&all).await);
+}
+
+/// Opens the store `server` uses, with its environment plus `extra`.
+async fn store_with(server: &TestServer, extra: &[(&str, &str)]) -> agora_store::Store {
+    agora::app::open_backends(&test_config(server.dir.path(), &server.services, extra)).await.unwrap().store
 }

@@ -44,6 +44,14 @@ pub struct ClickHouseSettings {
     pub password: Option<String>,
     /// Longest wait for one statement.
     pub timeout: Duration,
+    /// Longest wait for one fold of every scope (the figure snapshot's three grouped reads,
+    /// each folding every row change of the generation).
+    pub fold_timeout: Duration,
+    /// Memory one fold's aggregation may hold before it spills to disk
+    /// (`max_bytes_before_external_group_by`); twice this is its hard limit
+    /// (`max_memory_usage`), so that a fold fails alone rather than the server running out
+    /// of memory.
+    pub fold_memory_bytes: u64,
 }
 
 /// Generation states in `generations.state`.
@@ -271,6 +279,8 @@ struct FeedbackGroup {
 pub struct ClickHouseStore {
     client: Client,
     timeout: Duration,
+    fold_timeout: Duration,
+    fold_memory_bytes: u64,
 }
 
 impl ClickHouseStore {
@@ -285,12 +295,17 @@ impl ClickHouseStore {
         if let Some(password) = &settings.password {
             server = server.with_password(password);
         }
-        let store = ClickHouseStore { client: server.clone(), timeout: settings.timeout };
+        let store = ClickHouseStore {
+            client: server.clone(),
+            timeout: settings.timeout,
+            fold_timeout: settings.fold_timeout,
+            fold_memory_bytes: settings.fold_memory_bytes,
+        };
         store
             .run(server.query("CREATE DATABASE IF NOT EXISTS ?").bind(clickhouse::sql::Identifier(&settings.database)).execute())
             .await
             .map_err(|e| context(e, "failed to create the clickhouse database"))?;
-        let store = ClickHouseStore { client: server.with_database(&settings.database), timeout: settings.timeout };
+        let store = ClickHouseStore { client: server.with_database(&settings.database), ..store };
         store.migrate().await?;
         Ok(store)
     }
@@ -362,13 +377,16 @@ impl ClickHouseStore {
 
     /// Returns the raw figures of every fiscal year and scope, folded at read time from one
     /// generation: three grouped reads (consultations, participation, feedback), each one scan
-    /// of its tables, run together. Each row goes to its organization's group and to the
-    /// government's (`arrayJoin([organization, ''])`), so distinct counts stay exact in both.
+    /// of its tables. Each row goes to its organization's group and to the government's
+    /// (`arrayJoin([organization, ''])`), so distinct counts stay exact in both. The reads run
+    /// one after the other, each within the fold limits ([`ClickHouseSettings`]): together,
+    /// 18.16 held 18 GB for them at 7M events and its server was killed for lack of memory.
     pub(crate) async fn figure_set(&self) -> Result<FigureSet, StoreError> {
         let g = self.active_generation().await?;
         let version = self.version_of(g).await?;
-        let (consultations, participation, feedback) =
-            tokio::try_join!(self.consultation_groups(g), self.participation_groups(g), self.feedback_groups(g))?;
+        let consultations = self.consultation_groups(g).await?;
+        let participation = self.participation_groups(g).await?;
+        let feedback = self.feedback_groups(g).await?;
         let mut scopes: BTreeMap<(FiscalYear, Option<String>), RawFigures> = BTreeMap::new();
         let scope = |year: i32, organization: String| (FiscalYear::starting_in(year), Some(organization).filter(|o| !o.is_empty()));
         for row in consultations {
@@ -411,14 +429,14 @@ impl ClickHouseStore {
     /// Returns the consultation counts of counted (not cancelled) consultations by fiscal
     /// year and scope, with the close-to-results delays of those that have both.
     async fn consultation_groups(&self, g: u32) -> Result<Vec<ConsultationGroup>, StoreError> {
-        self.fetch_all(self.client.query(&format!(
+        self.fold_all(&format!(
             "SELECT s_fiscal_year, arrayJoin([s_organization_id, '']) AS scope, count(), sum(s_hosted_on = 'platform'),
                     sum(s_hosted_on = 'third_party'), sum(s_digital), sum(s_closed), sum(s_closed AND s_results),
                     groupArrayIf(s_results_at_ms - s_closed_at_ms, s_closed = 1 AND s_results = 1)
              FROM ({state}) WHERE s_cancelled = 0
              GROUP BY s_fiscal_year, scope",
             state = state_sql(g)
-        )))
+        ))
         .await
     }
 
@@ -430,7 +448,7 @@ impl ClickHouseStore {
         // 18.16's sumMap takes numeric keys only: kinds go in as their 1-based place in the
         // contract's list (0 for the visits' empty kind, and for none other).
         let kinds = CONTRIBUTION_KINDS.iter().map(|k| format!("'{k}'")).collect::<Vec<_>>().join(", ");
-        self.fetch_all(self.client.query(&format!(
+        self.fold_all(&format!(
             "SELECT p_fiscal_year, arrayJoin([p_organization_id, '']) AS scope,
                     uniqExactIf(p_participant, p_source = 1), uniqExactIf(p_participant, p_source = 2), uniqExact(p_participant),
                     sumMap([indexOf([{kinds}], p_kind)], [toUInt64(p_source = 1)])
@@ -449,14 +467,14 @@ impl ClickHouseStore {
              GROUP BY p_fiscal_year, scope",
             contributions = contributions_sql(g),
             state = state_sql(g)
-        )))
+        ))
         .await
     }
 
     /// Returns the satisfaction and suggestion figures of counted feedback (the latest per
     /// participant, scope and fiscal year) by fiscal year and scope.
     async fn feedback_groups(&self, g: u32) -> Result<Vec<FeedbackGroup>, StoreError> {
-        self.fetch_all(self.client.query(&format!(
+        self.fold_all(&format!(
             "SELECT f_fiscal_year, arrayJoin([f_organization, '']) AS scope, count(), sum(f_satisfaction), sum(f_satisfaction >= 4),
                     sum(f_suggestion), sum(f_suggestion AND t_triaged), sum(f_suggestion AND t_status = 'implemented')
              FROM (
@@ -474,7 +492,7 @@ impl ClickHouseStore {
                  FROM triage WHERE generation = {g} GROUP BY feedback_event_id
              ) USING feedback_event_id
              GROUP BY f_fiscal_year, scope"
-        )))
+        ))
         .await
     }
 
@@ -792,6 +810,26 @@ impl ClickHouseStore {
         self.run(self.client.query(sql).execute()).await
     }
 
+    /// Runs one fold of every scope (`sql`, no bound values) within the fold limits.
+    async fn fold_all<T>(&self, sql: &str) -> Result<Vec<T>, StoreError>
+    where
+        T: clickhouse::RowOwned + clickhouse::RowRead,
+    {
+        let query = self
+            .client
+            .query(sql)
+            .with_option("max_bytes_before_external_group_by", self.fold_memory_bytes.to_string())
+            .with_option("max_memory_usage", (2 * self.fold_memory_bytes).to_string());
+        self.run_within(self.fold_timeout, query.fetch_all::<T>()).await.map_err(|error| match error {
+            // ClickHouse's MEMORY_LIMIT_EXCEEDED: say which setting governs it.
+            StoreError::Unexpected(e) if format!("{e:#}").contains("Code: 241") => StoreError::Unexpected(e.context(format!(
+                "a fold of every scope needs more than twice AGORA_CLICKHOUSE_FOLD_MEMORY_MB ({} MiB) in clickhouse",
+                self.fold_memory_bytes >> 20
+            ))),
+            other => other,
+        })
+    }
+
     async fn fetch_all<T>(&self, query: clickhouse::query::Query) -> Result<Vec<T>, StoreError>
     where
         T: clickhouse::RowOwned + clickhouse::RowRead,
@@ -816,8 +854,17 @@ impl ClickHouseStore {
     /// Runs one request within the statement timeout, sorting failures into "unavailable"
     /// (the server cannot be reached or answered too late) and unexpected ones.
     async fn run<T>(&self, request: impl std::future::Future<Output = clickhouse::error::Result<T>>) -> Result<T, StoreError> {
-        match tokio::time::timeout(self.timeout, request).await {
-            Err(_) => Err(StoreError::Unavailable(anyhow!("clickhouse did not answer within {:?}", self.timeout))),
+        self.run_within(self.timeout, request).await
+    }
+
+    /// [`Self::run`] with a timeout of its own.
+    async fn run_within<T>(
+        &self,
+        timeout: Duration,
+        request: impl std::future::Future<Output = clickhouse::error::Result<T>>,
+    ) -> Result<T, StoreError> {
+        match tokio::time::timeout(timeout, request).await {
+            Err(_) => Err(StoreError::Unavailable(anyhow!("clickhouse did not answer within {timeout:?}"))),
             Ok(Ok(value)) => Ok(value),
             Ok(Err(error @ (clickhouse::error::Error::Network(_) | clickhouse::error::Error::TimedOut))) => {
                 Err(StoreError::Unavailable(anyhow!(error).context("clickhouse unreachable")))

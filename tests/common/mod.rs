@@ -52,6 +52,16 @@ pub fn test_env(extra: &[(&str, &str)]) -> HashMap<String, String> {
     vars
 }
 
+/// The configuration of a test server over `dir` and `services`, with the test environment
+/// plus `extra`, listening on port 0.
+pub fn test_config(dir: &Path, services: &Services, extra: &[(&str, &str)]) -> Config {
+    let service_env = services.env();
+    let mut all: Vec<(&str, &str)> = service_env.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
+    all.extend_from_slice(extra);
+    let vars = test_env(&all);
+    Config::load(Some("127.0.0.1:0".parse().unwrap()), Some(dir.to_path_buf()), |name| vars.get(name).cloned()).unwrap()
+}
+
 /// An Agora process (all roles) running in this test, on port 0.
 pub struct TestServer {
     pub url: String,
@@ -83,12 +93,7 @@ impl TestServer {
 
     /// Starts `roles` over `dir` and `services`.
     pub async fn launch(dir: TempDir, roles: Roles, services: Services, extra: &[(&str, &str)]) -> Self {
-        let service_env = services.env();
-        let mut all: Vec<(&str, &str)> = service_env.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
-        all.extend_from_slice(extra);
-        let vars = test_env(&all);
-        let config =
-            Config::load(Some("127.0.0.1:0".parse().unwrap()), Some(dir.path().to_path_buf()), |name| vars.get(name).cloned()).unwrap();
+        let config = test_config(dir.path(), &services, extra);
         let backends = open_backends(&config).await.unwrap();
         let listener = TcpListener::bind(config.listen).await.unwrap();
         let url = format!("http://{}", listener.local_addr().unwrap());
