@@ -21,6 +21,7 @@ use rdkafka::producer::{FutureProducer, FutureRecord};
 use rdkafka::{ClientConfig, Offset, TopicPartitionList};
 
 mod common;
+use common::services::Broker;
 use common::{agora_binary, bench_args, free_port, pct, peak_rss, post_all, synthetic, wait_caught_up, INGEST, READ};
 
 const PARTITIONS: i32 = 6;
@@ -31,21 +32,12 @@ async fn main() -> anyhow::Result<()> {
 
     let binary = agora_binary()?;
 
-    let (brokers, mut broker) = match std::env::var("AGORA_BENCH_BROKERS") {
+    // The test suite's private broker (stopped when dropped, also when the benchmark fails).
+    let (brokers, broker) = match std::env::var("AGORA_BENCH_BROKERS") {
         Ok(brokers) => (brokers, None),
         Err(_) => {
-            let port = free_port();
-            let tansu = std::env::var("AGORA_TANSU_BIN").unwrap_or_else(|_| "tansu".into());
-            let url = format!("tcp://127.0.0.1:{port}");
-            let child = Command::new(&tansu)
-                .args(["broker", "--listener-url", &url, "--advertised-listener-url", &url, "--storage-engine", "memory://tansu/"])
-                .stdout(Stdio::null())
-                .stderr(Stdio::null())
-                .spawn()?;
-            while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
-                std::thread::sleep(Duration::from_millis(20));
-            }
-            (format!("127.0.0.1:{port}"), Some(child))
+            let broker = tokio::task::spawn_blocking(Broker::start).await?;
+            (broker.address.clone(), Some(broker))
         }
     };
 
@@ -144,9 +136,7 @@ async fn main() -> anyhow::Result<()> {
     let projected = started.elapsed();
     let peak_rss = peak_rss(&server);
     stop(&mut server);
-    if let Some(broker) = broker.as_mut() {
-        stop(broker);
-    }
+    drop(broker);
 
     let rate = |d: Duration| total as f64 / d.as_secs_f64();
     println!("events:                  {total} in batches of {batch}, {concurrency} concurrent requests, {PARTITIONS} partitions");
