@@ -15,7 +15,7 @@
 //!
 //! With `AGORA_BENCH_ROUNDS=N`, steps 1 and 2 run N times, each time on a fresh broker with
 //! the next 1/N of the history, into the same ClickHouse database (Tansu's in-memory storage
-//! does not hold 10M events); rates are over the summed times, RSS the highest round's.
+//! gave out above 5M records); rates are over the summed times, RSS the highest round's.
 //!
 //! The broker is a private Tansu from `AGORA_TANSU_BIN`; the ClickHouse server a private
 //! `clickhouse-server` (DESIGN.md's overrides) from `AGORA_CLICKHOUSE_SERVER_BIN`: the ones the
@@ -30,7 +30,7 @@ use std::time::{Duration, Instant};
 mod common;
 use common::services::{Broker, ClickHouse};
 use common::{
-    agora_binary, bench_args, free_port, pct, peak_rss, post_all, synthetic_bodies, wait_caught_up, wait_pipeline_zero, INGEST, READ,
+    agora_binary, bench_args, free_port, pct, peak_rss, post_all, stop, synthetic_bodies, wait_caught_up, wait_pipeline_zero, INGEST, READ,
 };
 
 #[tokio::main]
@@ -40,8 +40,8 @@ async fn main() -> anyhow::Result<()> {
     let work = tempfile::tempdir()?;
 
     // The same private servers the test suite starts (tests/common/services.rs). Tansu's
-    // in-memory storage stops answering somewhere between 1M and 10M events (seen at 10M),
-    // so a longer history can go through several brokers one after the other
+    // in-memory storage stopped answering once it held somewhere above 5M records, so a
+    // longer history can go through several brokers one after the other
     // (AGORA_BENCH_ROUNDS): each round a fresh broker takes the next part of the history and
     // the projector folds it into the same ClickHouse database.
     let mut clickhouse = tokio::task::spawn_blocking(ClickHouse::start).await?;
@@ -245,11 +245,6 @@ async fn wait_first_batch(client: &reqwest::Client, url: &str) -> anyhow::Result
         }
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
-}
-
-fn stop(child: &mut Child) {
-    let _ = child.kill();
-    let _ = child.wait();
 }
 
 /// Reads the kB figure of a [`peak_rss`] line, for comparing rounds.

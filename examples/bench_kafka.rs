@@ -11,7 +11,7 @@
 //!
 //! cargo build --release && cargo run --release --example bench_kafka -- [EVENTS] [BATCH] [CONCURRENCY]
 
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
@@ -22,7 +22,7 @@ use rdkafka::{ClientConfig, Offset, TopicPartitionList};
 
 mod common;
 use common::services::Broker;
-use common::{agora_binary, bench_args, free_port, pct, peak_rss, post_all, synthetic, wait_caught_up, INGEST, READ};
+use common::{agora_binary, bench_args, free_port, pct, peak_rss, post_all, stop, synthetic, wait_caught_up, INGEST, READ};
 
 const PARTITIONS: i32 = 6;
 
@@ -152,9 +152,4 @@ async fn main() -> anyhow::Result<()> {
     println!("POST /v1/events:         p50 {:.1} ms, p99 {:.1} ms", pct(&mut post_latencies, 0.50), pct(&mut post_latencies, 0.99));
     println!("agora serve peak RSS:    {peak_rss}");
     Ok(())
-}
-
-fn stop(child: &mut Child) {
-    let _ = child.kill();
-    let _ = child.wait();
 }

@@ -154,6 +154,12 @@ pub fn pct(samples: &mut [Duration], q: f64) -> f64 {
     samples[i].as_secs_f64() * 1_000.0
 }
 
+/// Stops a child process (SIGKILL) and reaps it.
+pub fn stop(child: &mut Child) {
+    let _ = child.kill();
+    let _ = child.wait();
+}
+
 /// Returns a child's peak resident set (VmHWM), as the kernel prints it.
 pub fn peak_rss(child: &Child) -> String {
     let status = std::fs::read_to_string(format!("/proc/{}/status", child.id())).unwrap_or_default();
