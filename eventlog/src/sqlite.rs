@@ -117,11 +117,34 @@ fn connect(path: &Path) -> anyhow::Result<Connection> {
         OpenFlags::SQLITE_OPEN_READ_WRITE | OpenFlags::SQLITE_OPEN_CREATE | OpenFlags::SQLITE_OPEN_NO_MUTEX,
     )
     .with_context(|| format!("failed to open event log {}", path.display()))?;
-    conn.busy_timeout(Duration::from_secs(10))?;
-    conn.pragma_update(None, "journal_mode", "WAL").context("failed to switch the event log to WAL")?;
+    use_wal(&conn, Duration::from_secs(10)).context("failed to switch the event log to WAL")?;
     // FULL: a commit is on disk before `append` returns, power loss included.
     conn.pragma_update(None, "synchronous", "FULL")?;
     Ok(conn)
+}
+
+/// Sets `busy` as the connection's busy timeout and puts its database in WAL mode. SQLite
+/// answers "database is locked" at once, without waiting, when another process holds the
+/// file while the mode changes (two roles opening a fresh data folder together), so the
+/// switch is retried until `busy` has passed; a database already in WAL mode needs none.
+pub fn use_wal(conn: &Connection, busy: Duration) -> rusqlite::Result<()> {
+    conn.busy_timeout(busy)?;
+    let started = std::time::Instant::now();
+    loop {
+        let attempt = conn.pragma_query_value(None, "journal_mode", |row| row.get::<_, String>(0)).and_then(|mode| {
+            if mode.eq_ignore_ascii_case("wal") {
+                Ok(())
+            } else {
+                conn.pragma_update(None, "journal_mode", "WAL")
+            }
+        });
+        match attempt {
+            Err(rusqlite::Error::SqliteFailure(e, _)) if e.code == rusqlite::ErrorCode::DatabaseBusy && started.elapsed() < busy => {
+                std::thread::sleep(Duration::from_millis(20));
+            }
+            other => return other,
+        }
+    }
 }
 
 /// Runs SQLite work off the async runtime, mapping failures to `Unavailable`: a locked,
@@ -136,6 +159,30 @@ async fn run_blocking<T: Send + 'static>(work: impl FnOnce() -> anyhow::Result<T
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn connections_opening_a_fresh_database_together_all_get_wal() {
+        // Processes starting on one new data folder race to switch it to WAL.
+        for _ in 0..20 {
+            let dir = tempfile::tempdir().unwrap();
+            let path = dir.path().join("race.sqlite");
+            let barrier = std::sync::Arc::new(std::sync::Barrier::new(6));
+            let threads: Vec<_> = (0..6)
+                .map(|_| {
+                    let (path, barrier) = (path.clone(), barrier.clone());
+                    std::thread::spawn(move || {
+                        barrier.wait();
+                        let conn = Connection::open(&path).unwrap();
+                        use_wal(&conn, Duration::from_secs(10)).map_err(|e| e.to_string())?;
+                        conn.pragma_query_value(None, "journal_mode", |row| row.get::<_, String>(0)).map_err(|e| e.to_string())
+                    })
+                })
+                .collect();
+            for thread in threads {
+                assert_eq!(thread.join().unwrap().as_deref(), Ok("wal"));
+            }
+        }
+    }
 
     #[tokio::test]
     async fn appends_durably_and_reads_back_by_offset() {

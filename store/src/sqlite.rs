@@ -414,8 +414,7 @@ fn save_positions(tx: &Transaction<'_>, positions: &Positions) -> anyhow::Result
 
 fn connect(path: &Path) -> anyhow::Result<Connection> {
     let conn = Connection::open(path).with_context(|| format!("failed to open projection store {}", path.display()))?;
-    conn.busy_timeout(Duration::from_secs(10))?;
-    conn.pragma_update(None, "journal_mode", "WAL").context("failed to switch the store to WAL")?;
+    agora_eventlog::sqlite::use_wal(&conn, Duration::from_secs(10)).context("failed to switch the store to WAL")?;
     // NORMAL: a power cut may lose the last batches, positions included, and the
     // projector folds them again from the log, which is the durable truth.
     conn.pragma_update(None, "synchronous", "NORMAL")?;

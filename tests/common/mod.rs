@@ -270,14 +270,15 @@ pub async fn reference_figures(events: &[Value]) -> Vec<Value> {
 }
 
 /// Starts the real `agora` binary with `args` over `dir`, with the test environment plus
-/// `extra`, listening on `listen` (port 0 when `None`).
+/// `extra`, listening on `listen` (port 0 when `None`). Its log level is `warn`, or
+/// `AGORA_TEST_CHILD_LOG` when set (`info` shows joins, rebalances and batches).
 pub fn spawn_agora(args: &[&str], dir: &Path, listen: Option<u16>, extra: &[(&str, &str)]) -> AgoraProcess {
     let mut command = std::process::Command::new(env!("CARGO_BIN_EXE_agora"));
     let listen = format!("127.0.0.1:{}", listen.unwrap_or(0));
     command.args(args).arg("--data-dir").arg(dir).arg("--listen").arg(listen);
     command
         .envs(test_env(extra))
-        .env("AGORA_LOG", "warn")
+        .env("AGORA_LOG", std::env::var("AGORA_TEST_CHILD_LOG").unwrap_or_else(|_| "warn".into()))
         .stdin(std::process::Stdio::null())
         .stdout(std::process::Stdio::null())
         .stderr(std::process::Stdio::inherit());
