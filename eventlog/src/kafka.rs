@@ -106,6 +106,14 @@ struct Inner {
     appended: watch::Sender<u64>,
 }
 
+/// Why an append failed: the error for the caller, the broker's or librdkafka's code, and
+/// whether a record had been handed to the producer (so its idempotence state moved on).
+struct ProduceFailure {
+    error: LogError,
+    code: Option<RDKafkaErrorCode>,
+    delivered: bool,
+}
+
 /// A cached assignment for sequential `read` calls (rebuilds, the audit).
 struct Reader {
     consumer: BaseConsumer,
@@ -171,15 +179,17 @@ impl KafkaLog {
     }
 
     /// Produces `(key, payload)` records to the events topic and returns once the broker
-    /// acknowledged all of them.
+    /// acknowledged all of them. On failure no record of the call is left queued or in flight
+    /// in this process: every delivery has been reported (`message.timeout.ms` bounds that by
+    /// the produce timeout) before the error is returned.
     pub async fn append(&self, records: Vec<(Vec<u8>, Vec<u8>)>) -> Result<(), LogError> {
         let count = records.len() as u64;
         let topic = self.inner.settings.topic.clone();
         let deadline = Instant::now() + self.inner.settings.produce_timeout;
         let producer = self.producer();
-        if let Err((error, code)) = self.produce_all(&producer, &topic, &records, deadline).await {
-            self.replace_if_fatal(&producer, code);
-            return Err(error);
+        if let Err(failure) = self.produce_all(&producer, &topic, &records, deadline).await {
+            self.replace_after(&producer, failure.code, failure.delivered);
+            return Err(failure.error);
         }
         self.inner.appended.send_modify(|n| *n += count);
         Ok(())
@@ -189,9 +199,12 @@ impl KafkaLog {
         self.inner.producer.read().expect("producer lock").clone()
     }
 
-    /// Replaces `failed` with a new producer when it is in a fatal state, or when the broker
-    /// refused its producer id or epoch (`code`); later appends use the new one.
-    fn replace_if_fatal(&self, failed: &Arc<FutureProducer>, code: Option<RDKafkaErrorCode>) {
+    /// Replaces `failed` with a new producer, which later appends use, when it is in a fatal
+    /// state, when the broker refused its producer id or epoch, or when a delivery failed.
+    /// After a failed delivery librdkafka bumps the idempotent producer's epoch on its own;
+    /// a fresh producer asks the broker for a new id instead, which every broker accepts
+    /// (Tansu 0.6's SQLite engine panics on a client-bumped epoch it has never issued).
+    fn replace_after(&self, failed: &Arc<FutureProducer>, code: Option<RDKafkaErrorCode>, delivered: bool) {
         let fenced = matches!(
             code,
             Some(
@@ -202,10 +215,11 @@ impl KafkaLog {
                     | RDKafkaErrorCode::InvalidProducerIdMapping
             )
         );
-        let (code, reason) = match failed.client().fatal_error() {
-            Some(fatal) => fatal,
-            None if fenced => (code.expect("fenced has a code"), "producer id refused by the broker".to_owned()),
-            None => return,
+        let (code, reason) = match (failed.client().fatal_error(), code) {
+            (Some(fatal), _) => fatal,
+            (None, Some(code)) if fenced => (code, "producer id refused by the broker".to_owned()),
+            (None, Some(code)) if delivered => (code, "a delivery failed; the producer's epoch moved on".to_owned()),
+            _ => return,
         };
         let mut current = self.inner.producer.write().expect("producer lock");
         if !Arc::ptr_eq(&current, failed) {
@@ -213,7 +227,7 @@ impl KafkaLog {
         }
         match new_producer(&self.inner.settings) {
             Ok(fresh) => {
-                warn!(error = %code, reason, "kafka producer failed fatally; replaced by a new one");
+                warn!(error = %code, reason, "kafka producer replaced by a new one");
                 *current = Arc::new(fresh);
             }
             Err(error) => warn!(error = format!("{error:#}"), "failed to replace the failed kafka producer"),
@@ -226,12 +240,14 @@ impl KafkaLog {
         topic: &str,
         records: &[(Vec<u8>, Vec<u8>)],
         deadline: Instant,
-    ) -> Result<(), (LogError, Option<RDKafkaErrorCode>)> {
-        let unavailable = |error: KafkaError, what: &'static str| {
-            let code = error.rdkafka_error_code();
-            (LogError::Unavailable(anyhow!(error).context(what)), code)
+    ) -> Result<(), ProduceFailure> {
+        let failure = |error: KafkaError, what: &'static str, delivered: bool| ProduceFailure {
+            code: error.rdkafka_error_code(),
+            error: LogError::Unavailable(anyhow!(error).context(what)),
+            delivered,
         };
         let mut deliveries = Vec::with_capacity(records.len());
+        let mut failed = None;
         for (key, payload) in records {
             let mut record = FutureRecord::to(topic).key(key.as_slice()).payload(payload.as_slice());
             loop {
@@ -245,18 +261,31 @@ impl KafkaLog {
                         record = returned;
                         tokio::time::sleep(Duration::from_millis(2)).await;
                     }
-                    Err((error, _)) => return Err(unavailable(error, "failed to queue a record for kafka")),
+                    Err((error, _)) => {
+                        failed = Some(failure(error, "failed to queue a record for kafka", false));
+                        break;
+                    }
                 }
             }
-        }
-        for delivery in deliveries {
-            match delivery.await {
-                Ok(Ok(_)) => {}
-                Ok(Err((error, _))) => return Err(unavailable(error, "kafka did not acknowledge a record")),
-                Err(_) => return Err((LogError::Unexpected(anyhow!("kafka producer dropped a delivery report")), None)),
+            if failed.is_some() {
+                break;
             }
         }
-        Ok(())
+        // Every queued record is awaited, even after a failure: none may still reach the
+        // broker once the caller has been told that nothing was accepted.
+        for delivery in deliveries {
+            let outcome = match delivery.await {
+                Ok(Ok(_)) => continue,
+                Ok(Err((error, _))) => failure(error, "kafka did not acknowledge a record", true),
+                Err(_) => ProduceFailure {
+                    code: None,
+                    error: LogError::Unexpected(anyhow!("kafka producer dropped a delivery report")),
+                    delivered: true,
+                },
+            };
+            failed.get_or_insert(outcome);
+        }
+        failed.map_or(Ok(()), Err)
     }
 
     /// Produces one dead letter: the original payload, with the reason and the source position
@@ -276,7 +305,7 @@ impl KafkaLog {
         match producer.send(produced, settings.produce_timeout).await {
             Ok(_) => Ok(()),
             Err((error, _)) => {
-                self.replace_if_fatal(&producer, error.rdkafka_error_code());
+                self.replace_after(&producer, error.rdkafka_error_code(), true);
                 Err(LogError::Unavailable(anyhow!(error).context("failed to produce a dead letter")))
             }
         }
@@ -445,10 +474,19 @@ impl GroupConsumer {
         let mut records = Vec::new();
         let mut timeout = wait;
         let mut first_at = None;
+        let started = tokio::time::Instant::now();
+        let mut connection_error = None;
         while records.len() < max {
             let message = match tokio::time::timeout(timeout, self.consumer.recv()).await {
                 Err(_) => break,
                 Ok(Ok(message)) => message,
+                // Queued while the brokers were away; they may be back: read on until `wait`
+                // ends, so a pile of them costs one back-off, not one each.
+                Ok(Err(error)) if is_connection_error(&error) && records.is_empty() => {
+                    connection_error = Some(error);
+                    timeout = wait.saturating_sub(started.elapsed());
+                    continue;
+                }
                 Ok(Err(error)) => {
                     if records.is_empty() {
                         return Err(LogError::Unavailable(anyhow!(error).context("failed to consume from kafka")));
@@ -465,6 +503,9 @@ impl GroupConsumer {
             // taking it for up to `linger` so a store that wants few, large inserts gets them.
             let first_at = *first_at.get_or_insert_with(tokio::time::Instant::now);
             timeout = linger.saturating_sub(first_at.elapsed()).max(Duration::from_millis(2));
+        }
+        if let (true, Some(error)) = (records.is_empty(), connection_error) {
+            return Err(LogError::Unavailable(anyhow!(error).context("failed to consume from kafka")));
         }
         let owned = self.owned();
         records.retain(|r| owned.contains(&r.partition));
@@ -583,13 +624,20 @@ fn probe_ends(inner: &Inner, topic: &str, prober: &Mutex<BaseConsumer<ProbeConte
     let prober = prober.lock().expect("prober lock");
     prober.assign(&assignment).context("failed to assign the end prober")?;
     let deadline = Instant::now() + timeout;
+    let mut connection_error: Option<KafkaError> = None;
     while !pending.is_empty() {
         let left = deadline.saturating_duration_since(Instant::now());
         if left.is_zero() {
             let _ = prober.unassign();
-            return Err(anyhow!("kafka did not report the end of {} partition(s) of {topic} in time", pending.len()));
+            let late = anyhow!("kafka did not report the end of {} partition(s) of {topic} in time", pending.len());
+            return Err(match connection_error {
+                Some(error) => anyhow!(error).context(late),
+                None => late,
+            });
         }
         match prober.poll(left) {
+            // Queued while the brokers were away; the watermarks above just came back.
+            Some(Err(error)) if is_connection_error(&error) => connection_error = Some(error),
             None => {}
             Some(Ok(message)) => {
                 let end = ends.entry(message.partition()).or_insert(0);
@@ -607,6 +655,16 @@ fn probe_ends(inner: &Inner, topic: &str, prober: &Mutex<BaseConsumer<ProbeConte
     // Unassigned, the prober stops fetching (and reporting end-of-file) until the next probe.
     prober.unassign().context("failed to release the end prober")?;
     Ok(ends)
+}
+
+/// Whether `error` only says a connection to the brokers failed. librdkafka queues one for
+/// each failed attempt and keeps reconnecting on its own, so once the brokers are back, a
+/// reader still finds those errors ahead of its records.
+fn is_connection_error(error: &KafkaError) -> bool {
+    matches!(
+        error.rdkafka_error_code(),
+        Some(RDKafkaErrorCode::AllBrokersDown | RDKafkaErrorCode::BrokerTransportFailure | RDKafkaErrorCode::Resolve)
+    )
 }
 
 /// Runs blocking librdkafka calls off the async runtime; failures mean the brokers cannot

@@ -94,7 +94,9 @@ impl IntoResponse for IngestError {
     fn into_response(self) -> Response {
         match &self {
             IngestError::Unavailable(source) => {
-                warn!(error = format!("{source:#}"), "event log unavailable")
+                // The log error's causes say why (broker down, timeout, fenced producer).
+                let causes = std::iter::successors(std::error::Error::source(source), |e| e.source()).map(|e| e.to_string());
+                warn!(error = causes.collect::<Vec<_>>().join(": "), "event log unavailable")
             }
             IngestError::Unexpected(source) => {
                 error!(error = format!("{source:#}"), "ingest failed")
