@@ -186,6 +186,51 @@ async fn broker_frozen_during_ingestion_answers_503_and_resent_events_count_once
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn broker_restarted_during_ingestion_counts_each_accepted_event_once_and_no_refused_one() {
+    let events = history(0.01, 12);
+    let batches: Vec<&[Value]> = events.chunks(400).collect();
+    let (stopped_at, never_resent) = (batches.len() / 2, batches.len() / 2 + 1);
+    // What an uninterrupted run gives for every event but the batch that is refused and
+    // never sent again.
+    let kept: Vec<Value> = batches.iter().enumerate().filter(|(i, _)| *i != never_resent).flat_map(|(_, b)| b.to_vec()).collect();
+    let expected = reference_figures(&kept).await;
+
+    let broker = tokio::task::spawn_blocking(Broker::start_durable).await.unwrap();
+    let services = Services { broker: Some(broker), clickhouse: None };
+    let mut server =
+        TestServer::launch(tempfile::tempdir().unwrap(), Roles::ALL, services, &[("AGORA_KAFKA_PRODUCE_TIMEOUT_MS", "1500")]).await;
+    for batch in &batches[..stopped_at] {
+        let (status, reply) = server.post_events(&Value::Array(batch.to_vec())).await;
+        assert_eq!(status, StatusCode::ACCEPTED, "{reply}");
+    }
+    // The broker goes away: both batches are refused, with nothing reported accepted.
+    tokio::task::block_in_place(|| server.services.broker.as_mut().unwrap().kill());
+    for i in [stopped_at, never_resent] {
+        let (status, reply) = server.post_events(&Value::Array(batches[i].to_vec())).await;
+        assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE, "a stopped broker must give 503: {reply}");
+        assert!(reply.get("accepted").is_none(), "a 503 reports nothing accepted: {reply}");
+    }
+    // It comes back over the same storage; the client re-sends the first refused batch only.
+    tokio::task::block_in_place(|| server.services.broker.as_mut().unwrap().start_again());
+    let resent = wait_until(Duration::from_secs(90), || async {
+        server.post_events(&Value::Array(batches[stopped_at].to_vec())).await.0 == StatusCode::ACCEPTED
+    })
+    .await;
+    assert!(resent, "the restarted broker should take the batch again");
+    for batch in &batches[never_resent + 1..] {
+        let (status, reply) = server.post_events(&Value::Array(batch.to_vec())).await;
+        assert_eq!(status, StatusCode::ACCEPTED, "{reply}");
+    }
+    server.wait_caught_up().await;
+    assert_eq!(all_figures(&server).await, expected);
+    // The log kept everything accepted before the restart: its size is every batch but one,
+    // plus whatever copies of the re-sent batch the failed attempts left.
+    let log = KafkaLog::open(kafka_settings(&server.services)).await.unwrap();
+    let logged = total(&log.end_positions().await.unwrap()) as usize;
+    assert!(logged >= kept.len(), "{logged} records in the log, {} accepted", kept.len());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn poison_record_goes_to_the_dead_letter_topic_and_its_partition_moves_on() {
     let server = TestServer::start_on(Backend::Kafka, &[]).await;
     let settings = kafka_settings(&server.services);

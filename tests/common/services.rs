@@ -1,7 +1,8 @@
 //! Real backing services for the end-to-end suite, one private instance per test: a Tansu
-//! broker (Kafka protocol, in-memory storage) and a ClickHouse server with its own data
-//! folder, each on loopback ports of its own. `scripts/test.sh` installs both when missing;
-//! these helpers only find and start them.
+//! broker (Kafka protocol, in-memory storage, or for restart tests its SQLite storage engine
+//! over a data folder of its own) and a ClickHouse server with its own data folder, each on
+//! loopback ports of its own. `scripts/test.sh` installs them when missing; these
+//! helpers only find and start them.
 
 use std::net::TcpListener as StdListener;
 use std::path::PathBuf;
@@ -59,30 +60,69 @@ pub struct Broker {
     pub port: u16,
     pub address: String,
     log: TempDir,
+    /// The folder where a durable broker keeps its topics, offsets and groups (SQLite);
+    /// `None`: in its memory.
+    storage: Option<TempDir>,
 }
 
 impl Broker {
-    /// Starts a broker on a free loopback port and waits until it listens.
+    /// Starts a broker on a free loopback port, keeping everything in its memory, and waits
+    /// until it listens.
     pub fn start() -> Broker {
+        Self::start_on(None)
+    }
+
+    /// Starts a broker that keeps its data in a SQLite file of its own (the Tansu build in
+    /// `AGORA_TANSU_DURABLE_BIN`), so that it can be killed and started again without losing
+    /// what it acknowledged.
+    pub fn start_durable() -> Broker {
+        Self::start_on(Some(tempfile::tempdir().unwrap()))
+    }
+
+    fn start_on(storage: Option<TempDir>) -> Broker {
         let port = free_port();
         let log = tempfile::tempdir().unwrap();
-        let mut broker = Broker { child: None, port, address: format!("127.0.0.1:{port}"), log };
+        let mut broker = Broker { child: None, port, address: format!("127.0.0.1:{port}"), log, storage };
         broker.spawn();
         broker
     }
 
     fn spawn(&mut self) {
-        let bin = executable("AGORA_TANSU_BIN", "tansu");
+        let bin = match &self.storage {
+            None => executable("AGORA_TANSU_BIN", "tansu"),
+            Some(_) => executable("AGORA_TANSU_DURABLE_BIN", "tansu-durable"),
+        };
         let url = format!("tcp://127.0.0.1:{}", self.port);
-        let out = std::fs::File::create(self.log.path().join("tansu.log")).unwrap();
-        let mut child = Command::new(&bin)
-            .args(["broker", "--listener-url", &url, "--advertised-listener-url", &url, "--storage-engine", "memory://tansu/"])
+        let out = std::fs::OpenOptions::new().create(true).append(true).open(self.log.path().join("tansu.log")).unwrap();
+        let mut command = Command::new(&bin);
+        command.args(["broker", "--listener-url", &url, "--advertised-listener-url", &url, "--storage-engine"]);
+        match &self.storage {
+            None => command.arg("memory://tansu/"),
+            // Tansu resolves the SQLite path against its working folder.
+            Some(dir) => command.arg("sqlite://tansu.db").current_dir(dir.path()),
+        };
+        let mut child = command
             .stdout(out.try_clone().unwrap())
             .stderr(out)
             .spawn()
             .unwrap_or_else(|e| panic!("failed to start tansu ({}): {e}; run scripts/test.sh, which installs it", bin.display()));
         wait_for_port(self.port, &mut child, "tansu", Duration::from_secs(20));
         self.child = Some(child);
+    }
+
+    /// Kills the broker (SIGKILL): clients find nothing listening on its port.
+    pub fn kill(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+
+    /// Starts a killed durable broker again on the same port, over the same storage.
+    pub fn start_again(&mut self) {
+        assert!(self.storage.is_some(), "only a durable broker keeps its topics across a restart");
+        assert!(self.child.is_none(), "the broker is still running");
+        self.spawn();
     }
 
     /// Freezes the broker (SIGSTOP): it holds its data but answers nothing.
@@ -102,6 +142,13 @@ impl Drop for Broker {
             signal(&child, "-CONT");
             let _ = child.kill();
             let _ = child.wait();
+        }
+        // A failing test shows what the broker said last; its folder goes with it.
+        if std::thread::panicking() {
+            let log = std::fs::read_to_string(self.log.path().join("tansu.log")).unwrap_or_default();
+            let tail: Vec<&str> = log.lines().rev().take(40).collect();
+            eprintln!("--- last lines of the broker's log ---");
+            tail.iter().rev().for_each(|line| eprintln!("{line}"));
         }
     }
 }
