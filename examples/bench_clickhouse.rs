@@ -30,7 +30,8 @@ use std::time::{Duration, Instant};
 mod common;
 use common::services::{Broker, ClickHouse};
 use common::{
-    agora_binary, bench_args, free_port, pct, peak_rss, post_all, stop, synthetic_bodies, wait_caught_up, wait_pipeline_zero, INGEST, READ,
+    agora_binary, bench_args, free_port, pct, peak_rss, post_all, stop, synthetic_bodies, wait_caught_up, wait_pipeline_zero, wait_ready,
+    INGEST, READ,
 };
 
 #[tokio::main]
@@ -220,12 +221,6 @@ async fn main() -> anyhow::Result<()> {
     );
     println!("agora query peak RSS:        {query_rss}");
     Ok(())
-}
-
-async fn wait_ready(client: &reqwest::Client, url: &str) {
-    while client.get(format!("{url}/health/ready")).send().await.map(|r| !r.status().is_success()).unwrap_or(true) {
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
 }
 
 /// Polls the projector's `/metrics` until it has applied a batch; returns the time it took

@@ -6,10 +6,10 @@
 //! cargo build --release && cargo run --release --example bench_embedded -- [EVENTS] [BATCH] [CONCURRENCY]
 
 use std::process::{Command, Stdio};
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 mod common;
-use common::{agora_binary, bench_args, free_port, pct, peak_rss, post_all, synthetic_bodies, wait_caught_up, INGEST, READ};
+use common::{agora_binary, bench_args, free_port, pct, peak_rss, post_all, synthetic_bodies, wait_caught_up, wait_ready, INGEST, READ};
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
@@ -33,9 +33,7 @@ async fn main() -> anyhow::Result<()> {
         .stdout(Stdio::null())
         .spawn()?;
     let client = reqwest::Client::new();
-    while client.get(format!("{url}/health/ready")).send().await.is_err() {
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    wait_ready(&client, &url).await;
 
     eprintln!("posting {total} events in {} batches of {batch}, {concurrency} at a time", bodies.len());
     let started = Instant::now();

@@ -131,6 +131,13 @@ pub async fn post_all(client: &reqwest::Client, url: &str, bodies: Vec<String>, 
 }
 
 /// Polls `/v1/pipeline` until `lag_events` is 0: the served figures reflect every event.
+/// Polls `/health/ready` of the role at `url` until it answers 200.
+pub async fn wait_ready(client: &reqwest::Client, url: &str) {
+    while client.get(format!("{url}/health/ready")).send().await.map(|r| !r.status().is_success()).unwrap_or(true) {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
 pub async fn wait_caught_up(client: &reqwest::Client, url: &str) -> anyhow::Result<()> {
     wait_pipeline_zero(client, url, "lag_events").await
 }
@@ -161,6 +168,17 @@ pub fn stop(child: &mut Child) {
 }
 
 /// Returns a child's peak resident set (VmHWM), as the kernel prints it.
+/// CPU time (user + system) `child` has used so far, from `/proc/<pid>/stat`: a figure that,
+/// unlike a rate, does not move with what else the machine runs.
+pub fn cpu_time(child: &Child) -> Duration {
+    let stat = std::fs::read_to_string(format!("/proc/{}/stat", child.id())).unwrap_or_default();
+    // Fields after the parenthesised command name; utime and stime are the 12th and 13th.
+    let fields: Vec<&str> = stat.rsplit_once(')').map(|(_, rest)| rest.split_whitespace().collect()).unwrap_or_default();
+    let ticks: u64 = fields.get(11..13).map(|f| f.iter().filter_map(|t| t.parse::<u64>().ok()).sum()).unwrap_or(0);
+    // The kernel's USER_HZ, 100 on Linux.
+    Duration::from_millis(ticks * 10)
+}
+
 pub fn peak_rss(child: &Child) -> String {
     let status = std::fs::read_to_string(format!("/proc/{}/status", child.id())).unwrap_or_default();
     status.lines().find(|l| l.starts_with("VmHWM")).map(|l| l.split_whitespace().skip(1).collect::<Vec<_>>().join(" ")).unwrap_or_default()
