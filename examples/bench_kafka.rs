@@ -68,9 +68,9 @@ async fn main() -> anyhow::Result<()> {
 
     // 2. librdkafka's own consumer over that topic: a group member with the settings Agora's
     //    projector uses, timed from its first record (so the group join is not counted). A
-    //    bare `assign` from the beginning stalls on Tansu 0.6 at about 0.8M of 1M records:
-    //    its fetch replies ignore the byte limits and the fetch queue's back-off never
-    //    resumes (BENCHMARKS.md).
+    //    bare `assign` from the beginning stalled on Tansu 0.6 between 0.57M and 0.88M of 1M
+    //    records: after the fetch queue's back-off, three partitions delivered nothing more
+    //    (BENCHMARKS.md).
     eprintln!("raw consumer");
     let consumer: BaseConsumer = ClientConfig::new()
         .set("bootstrap.servers", &brokers)
