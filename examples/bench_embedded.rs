@@ -9,7 +9,7 @@ use std::process::{Command, Stdio};
 use std::time::Instant;
 
 mod common;
-use common::{agora_binary, bench_args, free_port, pct, peak_rss, post_all, synthetic_bodies, wait_caught_up, wait_ready, INGEST, READ};
+use common::{agora_binary, bench_args, free_port, pct, peak_rss, post_and_project, synthetic_bodies, wait_ready, Posted, INGEST, READ};
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
@@ -35,12 +35,7 @@ async fn main() -> anyhow::Result<()> {
     let client = reqwest::Client::new();
     wait_ready(&client, &url).await;
 
-    eprintln!("posting {total} events in {} batches of {batch}, {concurrency} at a time", bodies.len());
-    let started = Instant::now();
-    let mut post_latencies = post_all(&client, &url, bodies, concurrency).await?;
-    let ingested = started.elapsed();
-    wait_caught_up(&client, &url).await?;
-    let projected = started.elapsed();
+    let Posted { latencies: mut post_latencies, ingested, projected } = post_and_project(&client, &url, bodies, concurrency).await?;
 
     let mut keys = Vec::new();
     for fy in 2021..=2026 {

@@ -28,7 +28,8 @@ use rdkafka::ClientConfig;
 mod common;
 use common::services::Broker;
 use common::{
-    agora_binary, bench_args, cpu_time, free_port, pct, peak_rss, post_all, stop, synthetic, wait_caught_up, wait_ready, INGEST, READ,
+    agora_binary, bench_args, cpu_time, free_port, pct, peak_rss, post_all, post_and_project, stop, synthetic, wait_ready, Posted, INGEST,
+    READ,
 };
 
 const PARTITIONS: i32 = 6;
@@ -128,12 +129,7 @@ async fn main() -> anyhow::Result<()> {
     // 5. Agora end to end: `agora serve`, the projector folding while ingest takes events.
     let (mut server, url, _serve_dir) = spawn_agora(&binary, "serve", &brokers, "agora.events.v1")?;
     wait_ready(&client, &url).await;
-    eprintln!("agora serve: posting {total} events in {} batches of {batch}, {concurrency} at a time", bodies.len());
-    let started = Instant::now();
-    let mut post_latencies = post_all(&client, &url, bodies, concurrency).await?;
-    let ingested = started.elapsed();
-    wait_caught_up(&client, &url).await?;
-    let projected = started.elapsed();
+    let Posted { latencies: mut post_latencies, ingested, projected } = post_and_project(&client, &url, bodies, concurrency).await?;
     let peak_rss = peak_rss(&server);
     stop(&mut server);
     drop(broker);

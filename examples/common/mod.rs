@@ -131,6 +131,25 @@ pub async fn post_all(client: &reqwest::Client, url: &str, bodies: Vec<String>, 
 }
 
 /// Polls `/v1/pipeline` until `lag_events` is 0: the served figures reflect every event.
+/// What posting a history to `agora serve` took: each request's latency, the time until the
+/// last 202, and the time until `/v1/pipeline` reported lag 0, both from the first request.
+pub struct Posted {
+    pub latencies: Vec<Duration>,
+    pub ingested: Duration,
+    pub projected: Duration,
+}
+
+/// Posts `bodies` to the `serve` role at `url`, `concurrency` at a time, and waits until the
+/// projector caught up.
+pub async fn post_and_project(client: &reqwest::Client, url: &str, bodies: Vec<String>, concurrency: usize) -> anyhow::Result<Posted> {
+    eprintln!("posting {} batches to {url}, {concurrency} at a time", bodies.len());
+    let started = Instant::now();
+    let latencies = post_all(client, url, bodies, concurrency).await?;
+    let ingested = started.elapsed();
+    wait_caught_up(client, url).await?;
+    Ok(Posted { latencies, ingested, projected: started.elapsed() })
+}
+
 /// Polls `/health/ready` of the role at `url` until it answers 200.
 pub async fn wait_ready(client: &reqwest::Client, url: &str) {
     while client.get(format!("{url}/health/ready")).send().await.map(|r| !r.status().is_success()).unwrap_or(true) {
