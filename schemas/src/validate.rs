@@ -5,9 +5,11 @@
 use std::fmt;
 
 use chrono::{DateTime, Duration, DurationRound, FixedOffset, Utc};
+use serde::de::value::MapDeserializer;
+use serde::Deserialize;
 use serde_json::{Map, Value};
 
-use crate::event::Event;
+use crate::event::{Event, EventBody};
 use crate::rules::{self, Charset, Presence, Rule, TypeRules};
 
 /// How far in the future `occurred_at` may be, relative to reception.
@@ -89,7 +91,9 @@ pub fn validate_event(raw: &Value, received_at: DateTime<Utc>) -> Result<Event, 
         return Err(vec![ValidationError::new("", ErrorKind::NotObject, "must be a JSON object")]);
     };
     let mut errors = Vec::new();
-    let mut normalized = Map::new();
+    // The normalized fields, each once valid; the typed event is built from them directly.
+    let (mut event_id, mut type_name, mut occurred, mut organization_id, mut data_fields) = (None, None, None, None, None);
+    let mut ids: [Option<String>; 2] = [None, None];
 
     for key in envelope.keys() {
         if !rules::ENVELOPE_FIELDS.contains(&key.as_str()) {
@@ -98,15 +102,13 @@ pub fn validate_event(raw: &Value, received_at: DateTime<Utc>) -> Result<Event, 
     }
 
     if let Some(id) = required(envelope, "event_id", "/event_id", &mut errors) {
-        if let Some(id) = check_uuid(id, "/event_id", &mut errors) {
-            normalized.insert("event_id".into(), Value::String(id));
-        }
+        event_id = check_uuid(id, "/event_id", &mut errors);
     }
 
     let type_rules = required(envelope, "type", "/type", &mut errors).and_then(|t| match t.as_str() {
         Some(name) => match rules::type_rules(name) {
             Some(rules) => {
-                normalized.insert("type".into(), Value::String(name.into()));
+                type_name = Some(name);
                 Some(rules)
             }
             None => {
@@ -122,22 +124,18 @@ pub fn validate_event(raw: &Value, received_at: DateTime<Utc>) -> Result<Event, 
     });
 
     if let Some(version) = required(envelope, "schema_version", "/schema_version", &mut errors) {
-        if version.as_i64() == Some(rules::SCHEMA_VERSION) && !version.is_f64() {
-            normalized.insert("schema_version".into(), Value::from(rules::SCHEMA_VERSION));
-        } else {
+        if version.as_i64() != Some(rules::SCHEMA_VERSION) || version.is_f64() {
             errors.push(ValidationError::new("/schema_version", ErrorKind::NotAllowed, "must be the integer 1"));
         }
     }
 
     if let Some(at) = required(envelope, "occurred_at", "/occurred_at", &mut errors) {
-        if let Some(at) = check_occurred_at(at, received_at, &mut errors) {
-            normalized.insert("occurred_at".into(), Value::String(at.to_rfc3339_opts(chrono::SecondsFormat::Millis, true)));
-        }
+        occurred = check_occurred_at(at, received_at, &mut errors);
     }
 
     if let Some(org) = required(envelope, "organization_id", "/organization_id", &mut errors) {
         if check_rule(org, &rules::ORGANIZATION_ID, "/organization_id", &mut errors) {
-            normalized.insert("organization_id".into(), org.clone());
+            organization_id = org.as_str().map(str::to_owned);
         }
     }
 
@@ -146,8 +144,9 @@ pub fn validate_event(raw: &Value, received_at: DateTime<Utc>) -> Result<Event, 
         // Without a known type the presence rules are unknown: check the format only.
         None => (Presence::Optional, Presence::Optional),
     };
-    for (name, presence, rule) in
-        [("consultation_id", consultation, &rules::CONSULTATION_ID), ("participant_id", participant, &rules::PARTICIPANT_ID)]
+    for (slot, (name, presence, rule)) in ids
+        .iter_mut()
+        .zip([("consultation_id", consultation, &rules::CONSULTATION_ID), ("participant_id", participant, &rules::PARTICIPANT_ID)])
     {
         let path = pointer(&[name]);
         match (present(envelope, name), presence) {
@@ -160,7 +159,7 @@ pub fn validate_event(raw: &Value, received_at: DateTime<Utc>) -> Result<Event, 
             )),
             (Some(value), _) => {
                 if check_rule(value, rule, &path, &mut errors) {
-                    normalized.insert(name.into(), value.clone());
+                    *slot = value.as_str().map(str::to_owned);
                 }
             }
         }
@@ -171,20 +170,36 @@ pub fn validate_event(raw: &Value, received_at: DateTime<Utc>) -> Result<Event, 
             None => errors.push(ValidationError::new("/data", ErrorKind::WrongType, "must be a JSON object")),
             Some(data) => {
                 if let Some(t) = type_rules {
-                    if let Some(data) = check_data(data, t, &mut errors) {
-                        normalized.insert("data".into(), Value::Object(data));
-                    }
+                    data_fields = check_data(data, t, &mut errors);
                 }
             }
         }
     }
 
-    if !errors.is_empty() {
+    // Without an error, every field above is set; the type's tag comes first, so serde reads
+    // `data` straight into the variant.
+    let (Some(event_id), Some(name), Some(occurred_at), Some(organization_id), Some(data), true) =
+        (event_id, type_name, occurred, organization_id, data_fields, errors.is_empty())
+    else {
+        if errors.is_empty() {
+            errors.push(ValidationError::new("", ErrorKind::Format, "does not fit the event model"));
+        }
         return Err(errors);
-    }
-    serde_json::from_value(Value::Object(normalized)).map_err(|e| {
+    };
+    let [consultation_id, participant_id] = ids;
+    let tagged = [("type", Value::String(name.to_owned())), ("data", Value::Object(data))];
+    let body = EventBody::deserialize(MapDeserializer::<_, serde_json::Error>::new(tagged.into_iter())).map_err(|e| {
         // The rules above admit only what the typed event holds; this is a bug if reached.
         vec![ValidationError::new("", ErrorKind::Format, format!("does not fit the event model ({e})"))]
+    })?;
+    Ok(Event {
+        event_id,
+        schema_version: rules::SCHEMA_VERSION as u32,
+        occurred_at,
+        organization_id,
+        consultation_id,
+        participant_id,
+        body,
     })
 }
 
@@ -357,4 +372,62 @@ fn check_data(data: &Map<String, Value>, t: &TypeRules, errors: &mut Vec<Validat
         errors.push(ValidationError::new("/data", ErrorKind::Required, format!("must set at least one of {names}")));
     }
     (errors.len() == before).then_some(normalized)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The event is built field by field from what the rules checked: it must be the one the
+    /// typed model reads from the normalized JSON (the event's UUID lower-cased, `occurred_at`
+    /// cut to the millisecond with its offset kept, `data` in its variant; a contribution id is
+    /// free text, kept as sent).
+    #[test]
+    fn builds_the_normalized_typed_event() {
+        let raw = serde_json::json!({
+            "event_id": "0F8FAD5B-D9CB-469F-A165-70867728950E",
+            "type": "contribution.submitted",
+            "schema_version": 1,
+            "occurred_at": "2021-05-01T10:00:00.123456-04:00",
+            "organization_id": "MSSS",
+            "consultation_id": "msss.2021.plan",
+            "participant_id": "citizen-42",
+            "data": { "contribution_id": "7C9E6679-7425-40DE-944B-E07FC1F90AE7", "kind": "brief" }
+        });
+        let event = validate_event(&raw, Utc::now()).unwrap();
+        let expected: Event = serde_json::from_value(serde_json::json!({
+            "event_id": "0f8fad5b-d9cb-469f-a165-70867728950e",
+            "type": "contribution.submitted",
+            "schema_version": 1,
+            "occurred_at": "2021-05-01T10:00:00.123-04:00",
+            "organization_id": "MSSS",
+            "consultation_id": "msss.2021.plan",
+            "participant_id": "citizen-42",
+            "data": { "contribution_id": "7C9E6679-7425-40DE-944B-E07FC1F90AE7", "kind": "brief" }
+        }))
+        .unwrap();
+        assert_eq!(event, expected);
+        assert_eq!(event.occurred_at.offset().local_minus_utc(), -4 * 3600);
+    }
+
+    #[test]
+    fn an_event_without_a_participant_keeps_it_unset() {
+        let raw = serde_json::json!({
+            "event_id": "0f8fad5b-d9cb-469f-a165-70867728950e",
+            "type": "consultation.closed",
+            "schema_version": 1,
+            "occurred_at": "2021-05-01T10:00:00Z",
+            "organization_id": "MSSS",
+            "consultation_id": "msss.2021.plan",
+            "data": {}
+        });
+        match validate_event(&raw, Utc::now()) {
+            Ok(event) => {
+                assert_eq!(event.participant_id, None);
+                assert_eq!(event.type_name(), "consultation.closed");
+                assert_eq!(event.occurred_at.offset().local_minus_utc(), 0);
+            }
+            Err(errors) => panic!("{errors:?}"),
+        }
+    }
 }
