@@ -248,7 +248,7 @@ impl KafkaLog {
         };
         let mut deliveries = Vec::with_capacity(records.len());
         let mut failed = None;
-        for (key, payload) in records {
+        'records: for (key, payload) in records {
             let mut record = FutureRecord::to(topic).key(key.as_slice()).payload(payload.as_slice());
             loop {
                 match producer.send_result(record) {
@@ -263,12 +263,9 @@ impl KafkaLog {
                     }
                     Err((error, _)) => {
                         failed = Some(failure(error, "failed to queue a record for kafka", false));
-                        break;
+                        break 'records;
                     }
                 }
-            }
-            if failed.is_some() {
-                break;
             }
         }
         // Every queued record is awaited, even after a failure: none may still reach the
